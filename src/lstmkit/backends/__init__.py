@@ -1,0 +1,114 @@
+"""Backends: one signature, one registry, one place that decides which runs.
+
+A backend runs ONE layer in ONE direction over a time-major, right-padded batch::
+
+    run(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse)
+        -> (out, h_n, c_n)
+
+    x          (T, B, I)
+    h0         (B, P or H)      c0 (B, H)
+    weight_ih  (4H, I)          weight_hh (4H, P or H)     gate order i, f, g, o
+    bias_ih, bias_hh  (4H,) or None (both or neither)
+    weight_hr  (P, H) or None (projection)
+    lengths    (B,) int64 on the CPU, every value in 1..T, or None (all sequences length T)
+    reverse    False: t = 0 .. T-1;  True: t = T-1 .. 0
+    out        (T, B, P or H), exactly zero where t >= lengths[b]
+    h_n, c_n   (B, P or H), (B, H): the state after each sequence's last valid step
+
+A step with t >= lengths[b] leaves sequence b's state untouched, so in reverse each sequence
+starts from h0 at its own last element. The result must be differentiable with respect to x,
+h0, c0 and every weight (through autograd, or an autograd.Function with its own backward).
+
+The layer (``lstmkit.functional``) calls :func:`resolve` once per forward and never branches
+on a backend's name. A backend that cannot run a request says why; asking for it by name
+then raises :class:`BackendError` naming the backend and the feature, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+class BackendError(ValueError):
+    """A backend was asked for something it cannot do (names the backend and the feature)."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one forward asks of a backend: enough to decide, nothing more."""
+
+    device_type: str
+    dtype: torch.dtype
+    T: int
+    B: int
+    I: int
+    H: int
+    P: int  # projection size, 0 if none
+    num_layers: int
+    directions: int
+    has_lengths: bool
+    needs_grad: bool
+
+
+@dataclass(frozen=True)
+class Choice:
+    name: str
+    run: Callable
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Entry:
+    module: str  # imported on first use, so a heavy backend costs nothing until asked for
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "reference": _Entry("lstmkit.backends.reference"),
+    "fused": _Entry("lstmkit.backends.fused"),
+    "native": _Entry("lstmkit.backends.native"),
+    "triton": _Entry("lstmkit.backends.triton"),
+    "cudnn": _Entry("lstmkit.backends.cudnn"),
+}
+
+
+def register(name: str, module: str) -> None:
+    """Add a backend module. It must define ``run`` (the signature above) and
+    ``unsupported(req: Request) -> str | None`` (None when it can run ``req``, else the
+    feature it lacks, e.g. "device cuda" or "dtype torch.float16")."""
+    _REGISTRY[name] = _Entry(module)
+
+
+def names() -> list[str]:
+    """Every registered backend, plus ``auto``."""
+    return ["auto", *_REGISTRY]
+
+
+def _load(name: str):
+    return importlib.import_module(_REGISTRY[name].module)
+
+
+def unsupported(name: str, req: Request) -> str | None:
+    """Why backend ``name`` cannot run ``req``, or None if it can."""
+    return _load(name).unsupported(req)
+
+
+def _auto(req: Request) -> tuple[str, str]:
+    """The policy of ``auto``: the fastest correct backend for this device, dtype and size."""
+    return "reference", "the only backend registered"
+
+
+def resolve(req: Request, name: str = "auto") -> Choice:
+    """The backend that runs ``req``: ``name`` itself, or the one ``auto`` picks, and why."""
+    if name == "auto":
+        picked, reason = _auto(req)
+        return Choice(picked, _load(picked).run, f"auto: {reason}")
+    if name not in _REGISTRY:
+        raise BackendError(f"backend must be one of {names()}, got {name!r}")
+    why = unsupported(name, req)
+    if why is not None:
+        raise BackendError(f"backend {name!r} does not support {why}")
+    return Choice(name, _load(name).run, "asked for by name")

@@ -1,0 +1,32 @@
+"""The reference backend: the time loop over :func:`lstmkit.cell.lstm_cell`, plain autograd.
+
+Slow and obviously right; it runs anything torch can run (any device, any float dtype).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lstmkit.cell import lstm_cell
+
+
+def unsupported(req) -> str | None:
+    return None
+
+
+def run(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse):
+    """One layer, one direction; see :mod:`lstmkit.backends` for shapes and semantics."""
+    T = x.size(0)
+    h, c = h0, c0
+    alive = None if lengths is None else lengths.to(x.device)
+    outs: list[Tensor] = [x.new_empty(0)] * T
+    for t in range(T - 1, -1, -1) if reverse else range(T):
+        h_new, c_new = lstm_cell(x[t], h, c, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+        if alive is None:
+            h, c, outs[t] = h_new, c_new, h_new
+        else:
+            m = (t < alive).unsqueeze(1)  # which sequences still have step t
+            h, c = torch.where(m, h_new, h), torch.where(m, c_new, c)
+            outs[t] = torch.where(m, h_new, torch.zeros_like(h_new))
+    return torch.stack(outs), h, c

@@ -1,0 +1,83 @@
+"""The stack loop: layers × directions, each step handed to one backend through one dispatch."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lstmkit import backends
+
+
+def lstm(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    weights: list[list[Tensor | None]],
+    *,
+    num_layers: int,
+    bidirectional: bool,
+    dropout: float = 0.0,
+    training: bool = False,
+    lengths: Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A multi-layer LSTM over a time-major, right-padded batch.
+
+    x (T, B, I); h0 (L*D, B, P or H); c0 (L*D, B, H); ``weights[k*D + d]`` is
+    ``[weight_ih, weight_hh, bias_ih, bias_hh, weight_hr]`` (biases and weight_hr may be None);
+    lengths (B,) int64 in 1..T or None. Returns output (T, B, D*(P or H)) with zeros past
+    each length, h_n (L*D, B, P or H), c_n (L*D, B, H). Inputs are assumed valid:
+    :class:`lstmkit.LSTM` checks them at the edge.
+    """
+    D = 2 if bidirectional else 1
+    choice = backends.resolve(backends_request(x, h0, c0, weights, num_layers, D, lengths), backend)
+    h_n, c_n = [], []
+    layer_in = x
+    for k in range(num_layers):
+        outs = []
+        for d in range(D):
+            w_ih, w_hh, b_ih, b_hh, w_hr = weights[k * D + d]
+            out, h, c = choice.run(
+                layer_in,
+                h0[k * D + d],
+                c0[k * D + d],
+                w_ih,
+                w_hh,
+                b_ih,
+                b_hh,
+                w_hr,
+                lengths,
+                d == 1,
+            )
+            outs.append(out)
+            h_n.append(h)
+            c_n.append(c)
+        layer_in = outs[0] if D == 1 else torch.cat(outs, dim=2)
+        if dropout > 0 and training and k < num_layers - 1:
+            layer_in = F.dropout(layer_in, dropout, training=True)
+    return layer_in, torch.stack(h_n), torch.stack(c_n)
+
+
+def backends_request(x, h0, c0, weights, num_layers, D, lengths) -> backends.Request:
+    """The :class:`backends.Request` describing one call to :func:`lstm`."""
+    w_ih, w_hh, _, _, w_hr = weights[0]
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad
+        or h0.requires_grad
+        or c0.requires_grad
+        or any(w is not None and w.requires_grad for ws in weights for w in ws)
+    )
+    return backends.Request(
+        device_type=x.device.type,
+        dtype=x.dtype,
+        T=x.size(0),
+        B=x.size(1),
+        I=x.size(2),
+        H=w_hh.size(0) // 4,
+        P=0 if w_hr is None else w_hr.size(0),
+        num_layers=num_layers,
+        directions=D,
+        has_lengths=lengths is not None,
+        needs_grad=needs_grad,
+    )
