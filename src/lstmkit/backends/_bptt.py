@@ -1,0 +1,124 @@
+"""The shared frame of the fast CPU backends: big GEMMs outside the time loop, BPTT by hand.
+
+``fused`` (Python loop) and ``native`` (C++ loop) differ only in how they run the per-step
+recurrence; everything that can be done for all T steps at once lives here:
+
+* forward: the input projection ``x (T*B, I) @ W_ih^T + b_ih + b_hh`` as one GEMM;
+* backward: after the reverse loop has produced the pre-activation gate gradients
+  dG (T, B, 4H), the gradients of x, W_ih, W_hh, the biases and W_hr as one GEMM each.
+
+A *loops* object supplies the two recurrences (see :class:`Loops`). Buffers are time-major and
+the hidden states live in ``hbuf`` (T+1, B, P): in the forward direction step t reads slot t and
+writes slot t+1; in reverse it reads slot t+1 and writes slot t. So ``out`` is the contiguous
+view ``hbuf[1:]`` (or ``hbuf[:-1]``), and the states each step read are the other T slots,
+which makes dW_hh a single GEMM too. ``cbuf`` (T+1, B, H) uses the same slots for c.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+class Loops(Protocol):
+    """The per-step recurrences a backend provides (shapes in the module docstring)."""
+
+    def forward(self, xg, h0, c0, w_hh, w_hr, mask, reverse, save):
+        """Run the recurrence. ``xg`` (T, B, 4H) holds x·W_ih^T + b and is overwritten with the
+        activated gates i, f, g, o. ``mask`` (T, B) bool or None: step t is live for b.
+
+        Returns (hbuf (T+1, B, P), c_n (B, H), cbuf (T+1, B, H) | None, tc (T, B, H) | None,
+        r (T, B, H) | None); the last three (tanh(c_t), the pre-projection h_t) only if ``save``
+        and r only with a projection. Dead steps copy the previous state into the new slot."""
+
+    def backward(self, dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse):
+        """Reverse loop. ``dout`` (T, B, P) | None, ``dh_n`` (B, P) | None, ``dc_n`` (B, H) | None.
+
+        Returns (dG (T, B, 4H) pre-activation gate gradients, zero on dead steps;
+        dht (T, B, P) | None the gradient reaching each projected h_t, zero on dead steps;
+        dh0 (B, P); dc0 (B, H))."""
+
+
+def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
+    """x (T, B, I) -> x·W_ih^T + b_ih + b_hh as (T, B, 4H), one GEMM for every step."""
+    T, B, I = x.shape
+    x2 = x.reshape(T * B, I)
+    xg = torch.mm(x2, w_ih.t()) if b_ih is None else torch.addmm(b_ih + b_hh, x2, w_ih.t())
+    return xg.view(T, B, -1)
+
+
+def time_mask(lengths: Tensor | None, T: int, device) -> Tensor | None:
+    """(T, B) bool, True where t < lengths[b]; None when every sequence has length T."""
+    if lengths is None or bool((lengths == T).all()):
+        return None
+    return (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).to(device)
+
+
+def _outputs(hbuf: Tensor, c_n: Tensor, mask: Tensor | None, reverse: bool):
+    """(out (T, B, P) zero on dead steps, h_n (B, P), c_n) from the state buffer."""
+    out = hbuf[:-1] if reverse else hbuf[1:]
+    h_n = hbuf[0] if reverse else hbuf[-1]
+    # Always a fresh tensor, so callers may modify it in place without touching saved state.
+    out = out.clone() if mask is None else out * mask.unsqueeze(-1).to(out.dtype)
+    return out, h_n.clone(), c_n
+
+
+def forward_no_grad(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
+    """Inference: the same recurrence, nothing saved for backward."""
+    xg = input_projection(x, w_ih, b_ih, b_hh)
+    mask = time_mask(lengths, x.size(0), x.device)
+    hbuf, c_n, *_ = loops.forward(xg, h0, c0, w_hh, w_hr, mask, reverse, False)
+    return _outputs(hbuf, c_n, mask, reverse)
+
+
+class LSTMFunction(torch.autograd.Function):
+    """One layer, one direction, with a handwritten backward through time.
+
+    First derivatives only: the backward is not itself differentiable (no double backward).
+    """
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, loops):
+        x = x.contiguous()
+        xg = input_projection(x, w_ih, b_ih, b_hh)
+        mask = time_mask(lengths, x.size(0), x.device)
+        hbuf, c_n, cbuf, tc, r = loops.forward(xg, h0, c0, w_hh, w_hr, mask, reverse, True)
+        ctx.save_for_backward(x, w_ih, w_hh, w_hr, xg, hbuf, cbuf, tc, r, mask)
+        ctx.reverse, ctx.loops, ctx.has_bias = reverse, loops, b_ih is not None
+        ctx.set_materialize_grads(False)
+        return _outputs(hbuf, c_n, mask, reverse)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, dh_n, dc_n):
+        x, w_ih, w_hh, w_hr, gates, hbuf, cbuf, tc, r, mask = ctx.saved_tensors
+        reverse, needs = ctx.reverse, ctx.needs_input_grad
+        T, B, I = x.shape
+        if dout is not None:
+            dout = dout.contiguous()
+        dG, dht, dh0, dc0 = ctx.loops.backward(
+            dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse
+        )
+        dG2 = dG.view(T * B, -1)
+        hprev = hbuf[1:] if reverse else hbuf[:-1]  # the state each step read
+        dx = torch.mm(dG2, w_ih).view(T, B, I) if needs[0] else None
+        dw_ih = torch.mm(dG2.t(), x.view(T * B, I)) if needs[3] else None
+        dw_hh = torch.mm(dG2.t(), hprev.reshape(T * B, -1)) if needs[4] else None
+        db = dG2.sum(0) if ctx.has_bias and (needs[5] or needs[6]) else None
+        dw_hr = None
+        if w_hr is not None and needs[7]:
+            dw_hr = torch.mm(dht.view(T * B, -1).t(), r.view(T * B, -1))
+        dh0 = dh0 if needs[1] else None
+        dc0 = dc0 if needs[2] else None
+        db2 = None if db is None else db.clone()  # each bias gets its own gradient tensor
+        return dx, dh0, dc0, dw_ih, dw_hh, db, db2, dw_hr, None, None, None
+
+
+def run_with(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
+    """The backend ``run`` over a given loops object (see :mod:`lstmkit.backends`)."""
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return LSTMFunction.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, loops)
+    return forward_no_grad(loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
