@@ -1,0 +1,141 @@
+"""The ``lstmkit`` command: parse, call the library, print. Results go to stdout, progress to
+stderr, and every error to stderr as one line with a non-zero exit code."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from lstmkit import __version__
+from lstmkit.config import SECTIONS, RunConfig, _field_type, from_dict, load_toml
+from lstmkit.errors import DataError, LstmkitError, TrainingError
+
+EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block
+        raise LstmkitError(f"{self.prog}: {message} (see --help)")
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per config field (``--hidden-size`` for model.hidden_size), default None so
+    that only the flags given override the config file and the defaults."""
+    for section, cls in SECTIONS.items():
+        g = p.add_argument_group(f"{section} (TOML table [{section}])")
+        defaults = cls()
+        for f in dataclasses.fields(cls):
+            t = _field_type(cls, f.name)
+            g.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f"{section}.{f.name}",
+                type=str,
+                default=None,
+                metavar=t.__name__.upper(),
+                help=f"default {getattr(defaults, f.name)!r}",
+            )
+
+
+def _parse_value(t: type, raw: str, flag: str):
+    try:
+        return t(raw)
+    except ValueError:
+        kind = {int: "an integer", float: "a number"}.get(t, t.__name__)
+        raise LstmkitError(f"--{flag} must be {kind}, got {raw!r}") from None
+
+
+def config_from_args(args) -> RunConfig:
+    cfg = load_toml(args.config) if args.config else RunConfig()
+    overrides: dict[str, dict] = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            raw = getattr(args, f"{section}.{f.name}")
+            if raw is not None:
+                t = _field_type(cls, f.name)
+                value = _parse_value(t, raw, f.name.replace("_", "-"))
+                overrides.setdefault(section, {})[f.name] = value
+    return from_dict(overrides, cfg, source="command line")
+
+
+def _numbers(raw: list[str]) -> list[float]:
+    vals = []
+    for r in raw:
+        try:
+            vals.append(float(r))
+        except ValueError:
+            raise DataError(f"values must be numbers, got {r!r}") from None
+    return vals
+
+
+def cmd_train(args) -> int:
+    from lstmkit.train import train
+
+    cfg = config_from_args(args)
+    res = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    stop = " (stopped early)" if res.stopped_early else ""
+    print(
+        f"trained {cfg.data.task}: {res.epochs} epochs{stop}, train loss {res.train_loss:.3g}, "
+        f"validation loss {res.val_loss:.3g} (best {res.best_val_loss:.3g}), "
+        f"{res.seconds:.1f} s -> {res.path}"
+    )
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from lstmkit.checkpoint import load_run
+    from lstmkit.forecast import forecast, predict_steps
+
+    values = _numbers(args.values)
+    run = load_run(args.run)
+    if args.horizon is not None:
+        pred = forecast(run, values, args.horizon)
+    else:
+        pred = predict_steps(run, values)
+    print(json.dumps(pred) if args.json else " ".join(f"{v:.2f}" for v in pred))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lstmkit", description="Train and use LSTM sequence models.")
+    p.add_argument("--version", action="version", version=f"lstmkit {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a model and write a run directory")
+    t.add_argument("--out", default="runs/counting", help="run directory (default runs/counting)")
+    t.add_argument("--config", metavar="FILE.toml", help="config file; flags override it")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_config_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("predict", help="predict with a trained run")
+    pr.add_argument("values", nargs="*", help="the input sequence, e.g. 5 6 7 8")
+    pr.add_argument("--run", default="runs/counting", help="run directory (default runs/counting)")
+    pr.add_argument(
+        "--horizon", type=int, help="print only the next N values, each fed back as input"
+    )
+    pr.add_argument("--json", action="store_true", help="print a JSON list")
+    pr.set_defaults(func=cmd_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except LstmkitError as e:
+        print(f"lstmkit: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrainingError as e:
+        print(f"lstmkit: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("lstmkit: interrupted; the last complete checkpoint is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

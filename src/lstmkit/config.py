@@ -1,0 +1,180 @@
+"""Typed configuration. Defaults live here; CLI flags and TOML keys derive from the fields."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lstmkit.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    hidden_size: int = 32
+    num_layers: int = 1
+    dropout: float = 0.0
+    backend: str = "auto"
+    embedding_dim: int = 32  # used by token tasks (copy, text) only
+
+
+@dataclass
+class DataConfig:
+    task: str = "counting"
+    length: int = 4  # steps per training window
+    num_train: int = 512
+    num_val: int = 128
+    num_test: int = 128
+    low: int = 0  # counting: first values drawn from low..high
+    high: int = 9
+    scaling: str = "auto"  # auto (the task's choice) | none | standard | offset | diff
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 60
+    batch_size: int = 32
+    lr: float = 0.01
+    optimizer: str = "adam"  # adam | adamw
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # constant | cosine
+    clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    patience: int = 0  # epochs without validation improvement before stopping; 0 = never
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+CHOICES = {
+    ("model", "backend"): None,  # checked by lstmkit.backends at model build
+    ("data", "scaling"): ("auto", "none", "standard", "offset", "diff"),
+    ("train", "optimizer"): ("adam", "adamw"),
+    ("train", "schedule"): ("constant", "cosine"),
+    ("train", "device"): ("auto", "cpu", "cuda"),
+}
+POSITIVE = {
+    ("model", "hidden_size"),
+    ("model", "num_layers"),
+    ("model", "embedding_dim"),
+    ("data", "length"),
+    ("data", "num_train"),
+    ("data", "num_val"),
+    ("data", "num_test"),
+    ("train", "epochs"),
+    ("train", "batch_size"),
+    ("train", "lr"),
+}
+NON_NEGATIVE = {("train", "weight_decay"), ("train", "clip"), ("train", "patience")}
+
+
+def _field_type(cls, name: str) -> type:
+    hints = typing.get_type_hints(cls)
+    t = hints[name]
+    if isinstance(t, types.UnionType):
+        t = next(a for a in typing.get_args(t) if a is not type(None))
+    return t
+
+
+def coerce(section: str, key: str, value):
+    """``value`` as the field's type, or a ConfigError naming the key, the type and the value."""
+    cls = SECTIONS[section]
+    t = _field_type(cls, key)
+    where = f"{section}.{key}"
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if t is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if t is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if t is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {t}")  # pragma: no cover - a bug in a dataclass
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every value's range and choice; return ``cfg``."""
+    for section, cls in SECTIONS.items():
+        obj = getattr(cfg, section)
+        for f in dataclasses.fields(cls):
+            v = coerce(section, f.name, getattr(obj, f.name))
+            where = f"{section}.{f.name}"
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{where} must be finite, got {v!r}")
+            if (section, f.name) in POSITIVE and v <= 0:
+                raise ConfigError(f"{where} must be > 0, got {v!r}")
+            if (section, f.name) in NON_NEGATIVE and v < 0:
+                raise ConfigError(f"{where} must be >= 0, got {v!r}")
+            choices = CHOICES.get((section, f.name))
+            if choices and v not in choices:
+                raise ConfigError(f"{where} must be one of {', '.join(choices)}; got {v!r}")
+    if not 0 <= cfg.model.dropout <= 1:
+        raise ConfigError(f"model.dropout must be in [0, 1], got {cfg.model.dropout!r}")
+    if cfg.data.low > cfg.data.high:
+        raise ConfigError(
+            f"data.low must be <= data.high, got low={cfg.data.low}, high={cfg.data.high}"
+        )
+    return cfg
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict, base: RunConfig | None = None, source: str = "config") -> RunConfig:
+    """A RunConfig from nested ``{section: {key: value}}``, over ``base`` (defaults if None).
+    Unknown sections or keys, wrong types and bad values raise ConfigError."""
+    cfg = dataclasses.replace(base) if base else RunConfig()
+    cfg = RunConfig(**{s: dataclasses.replace(getattr(cfg, s)) for s in SECTIONS})
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source} must be a table of sections, got {type(d).__name__}")
+    for section, values in d.items():
+        if section not in SECTIONS:
+            raise ConfigError(
+                f"{source}: unknown section [{section}]; expected one of {', '.join(SECTIONS)}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table, got {values!r}")
+        known = {f.name for f in dataclasses.fields(SECTIONS[section])}
+        obj = getattr(cfg, section)
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(
+                    f"{source}: unknown key {section}.{key}; expected one of {', '.join(sorted(known))}"
+                )
+            setattr(obj, key, coerce(section, key, value))
+    return validate(cfg)
+
+
+def load_toml(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    """Read a TOML file of ``[model]``, ``[data]``, ``[train]`` tables over ``base``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as e:
+        raise ConfigError(f"config file {p} cannot be read as UTF-8 text: {e}") from None
+    try:
+        d = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+    return from_dict(d, base, source=f"config file {p}")

@@ -1,0 +1,41 @@
+"""SequenceModel: the tutorial's MyLSTM — an LSTM and a Linear head over every step."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from lstmkit.layer import LSTM
+
+
+class SequenceModel(nn.Module):
+    """(optional embedding) → LSTM → Linear, batch-first.
+
+    Input x (B, T, I) float, or (B, T) int64 token ids when ``vocab_size`` is set;
+    ``lengths`` (B,) optional. Output (B, T, O): one prediction per step.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_size: int,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        backend: str = "auto",
+        vocab_size: int | None = None,
+        embedding_dim: int = 32,
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim) if vocab_size else None
+        lstm_in = embedding_dim if vocab_size else input_size
+        self.lstm = LSTM(
+            lstm_in, hidden_size, num_layers, dropout=dropout, batch_first=True, backend=backend
+        )
+        self.head = nn.Linear(hidden_size, output_size)
+
+    def forward(self, x: Tensor, lengths=None, hx=None, return_state: bool = False):
+        if self.embedding is not None:
+            x = self.embedding(x)
+        out, state = self.lstm(x, hx, lengths=lengths)
+        y = self.head(out)
+        return (y, state) if return_state else y

@@ -1,0 +1,264 @@
+"""The training loop: mini-batches, validation, early stopping, clipping, schedules,
+atomic checkpoints every epoch and an exact resume."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from lstmkit import data as tasks
+from lstmkit.checkpoint import (
+    METRICS,
+    STATE,
+    atomic_write,
+    build_model,
+    load_state,
+    save_run,
+    save_state,
+)
+from lstmkit.config import RunConfig, validate
+from lstmkit.errors import ConfigError, RunDirError, TrainingError
+from lstmkit.scaling import Scaler
+
+METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "lr", "seconds")
+
+
+@dataclass
+class Result:
+    path: Path
+    epochs: int  # epochs completed
+    train_loss: float
+    val_loss: float
+    best_val_loss: float
+    seconds: float
+    stopped_early: bool
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def task_facts(td: tasks.TaskData) -> dict:
+    """What a run directory must remember about its task (saved in config.json)."""
+    return {
+        "input_size": td.input_size,
+        "output_size": td.output_size,
+        "kind": td.kind,
+        "tokens": td.tokens,
+        "meta": td.meta,
+    }
+
+
+def make_scaler(cfg: RunConfig, td: tasks.TaskData) -> Scaler:
+    kind = cfg.data.scaling
+    if kind == "auto":
+        kind = td.default_scaling if td.series_scaling else "none"
+    if kind != "none" and not td.series_scaling:
+        raise ConfigError(
+            f"data.scaling {kind!r} applies to univariate series; task {cfg.data.task!r} "
+            "takes only 'none' or 'auto'"
+        )
+    return Scaler(kind).fit(td.train.x)
+
+
+def encode(split: tasks.Split, scaler: Scaler) -> tasks.Split:
+    x, y = scaler.encode(split.x, split.y)
+    return tasks.Split(x, y, split.mask)
+
+
+def masked_loss(pred: Tensor, y: Tensor, mask: Tensor, kind: str) -> Tensor:
+    """Mean loss over the steps in ``mask``: MSE for regression, cross-entropy otherwise."""
+    if kind == "classification":
+        return torch.nn.functional.cross_entropy(pred[mask], y[mask])
+    return torch.nn.functional.mse_loss(pred[mask], y[mask])
+
+
+@torch.no_grad()
+def evaluate_loss(model, split: tasks.Split, kind: str, device, batch_size: int = 512) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(split), batch_size):
+        x, y, m = (t[i : i + batch_size].to(device) for t in (split.x, split.y, split.mask))
+        n = int(m.sum())
+        total += masked_loss(model(x), y, m, kind).item() * n
+        count += n
+    model.train()
+    return total / max(count, 1)
+
+
+def _schedule(cfg: RunConfig, total_steps: int):
+    if cfg.train.schedule == "constant":
+        return lambda step: 1.0
+    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+def _prepare_dir(out: Path, resume: bool, overwrite: bool) -> Path:
+    """The directory to write into: ``out`` itself, or a staging sibling when overwriting
+    (swapped in only when training succeeds, so a failed run loses nothing)."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    if resume:
+        if not (out / STATE).is_file():
+            raise RunDirError(f"run directory {out} has no {STATE} to resume from")
+        return out
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise RunDirError(
+                f"run directory {out} already exists; pass --resume to continue it or "
+                "--overwrite to replace it"
+            )
+        staging = out.with_name(out.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        return staging
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _write_metrics(path: Path, history: list[dict]) -> None:
+    lines = [",".join(METRIC_COLUMNS)]
+    lines += [",".join(f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c]) for c in METRIC_COLUMNS) for row in history]
+    atomic_write(path / METRICS, ("\n".join(lines) + "\n").encode())
+
+
+def train(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Result:
+    """Train ``cfg`` into run directory ``out``; see the module docstring."""
+    out = Path(out)
+    work = _prepare_dir(out, resume, overwrite)
+    if resume:
+        from lstmkit.checkpoint import load_run  # the saved config is the one to continue
+
+        cfg = load_run(out).config
+    cfg = validate(cfg)
+    device = pick_device(cfg.train.device)
+    td = tasks.make(cfg.data, cfg.train.seed)
+    scaler = make_scaler(cfg, td)
+    train_split, val_split = encode(td.train, scaler), encode(td.val, scaler)
+    facts = task_facts(td)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, facts).to(device)
+    opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    steps_per_epoch = math.ceil(len(train_split) / cfg.train.batch_size)
+    total = steps_per_epoch * cfg.train.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total))
+    epoch, step, history, best, seconds = 0, 0, [], {"val": math.inf, "epoch": -1, "model": None}, 0.0
+    if resume:
+        st = load_state(out / STATE)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        torch.set_rng_state(st["rng"])
+        epoch, step, history, best, seconds = (
+            st["epoch"],
+            st["step"],
+            st["history"],
+            st["best"],
+            st["seconds"],
+        )
+    if best["model"] is None:
+        best["model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    save_run(work, cfg, facts, best["model"], scaler)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # BPTT gradients of long sequences underflow; x86 crawls
+    bar = tqdm(total=total, initial=step, disable=not progress, file=sys.stderr, unit="step", dynamic_ncols=True)
+    stopped_early = False
+    started = time.perf_counter() - seconds
+    try:
+        model.train()
+        while epoch < cfg.train.epochs:
+            g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
+            order = torch.randperm(len(train_split), generator=g)
+            running = 0.0
+            for i in range(steps_per_epoch):
+                idx = order[i * cfg.train.batch_size : (i + 1) * cfg.train.batch_size]
+                x, y, m = (t[idx].to(device) for t in (train_split.x, train_split.y, train_split.mask))
+                loss = masked_loss(model(x), y, m, td.kind)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}); "
+                        f"stopped, the last good checkpoint in {out} is kept"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.train.clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip)
+                opt.step()
+                sched.step()
+                step += 1
+                running += loss.item()
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4g}")
+            epoch += 1
+            val = evaluate_loss(model, val_split, td.kind, device)
+            row = {
+                "epoch": epoch,
+                "step": step,
+                "train_loss": running / steps_per_epoch,
+                "val_loss": val,
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - started,
+            }
+            history.append(row)
+            if val < best["val"]:
+                best = {"val": val, "epoch": epoch, "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            patience = cfg.train.patience
+            stopped_early = patience > 0 and epoch - best["epoch"] >= patience
+            _checkpoint(work, cfg, facts, model, scaler, opt, sched, epoch, step, history, best, row["seconds"])
+            if stopped_early:
+                break
+    finally:
+        bar.close()
+        if device.type == "cpu":
+            torch.set_flush_denormal(False)
+    if work != out:  # overwrite: swap the finished run in, then drop the old one
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        work.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    last = history[-1]
+    return Result(out, epoch, last["train_loss"], last["val_loss"], best["val"], last["seconds"], stopped_early)
+
+
+def _checkpoint(work, cfg, facts, model, scaler, opt, sched, epoch, step, history, best, seconds):
+    """One consistent checkpoint: state first (what resume reads), then the best model."""
+    save_state(
+        work / STATE,
+        {
+            "epoch": epoch,
+            "step": step,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": torch.get_rng_state(),
+            "history": history,
+            "best": best,
+            "seconds": seconds,
+        },
+    )
+    save_run(work, cfg, facts, best["model"], scaler)
+    _write_metrics(work, history)
