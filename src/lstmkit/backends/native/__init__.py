@@ -1,0 +1,140 @@
+"""The native backend: the per-step recurrences in C++ (``lstm_native.cpp``), compiled at first use.
+
+The C++ loop calls BLAS directly for the per-step GEMMs and runs the gate math as
+vectorised loops, so a step costs no tensor creation and no dispatcher round trip; the big
+GEMMs before and after the loop are shared with ``fused`` (see :mod:`lstmkit.backends._bptt`).
+
+The extension is built with ``torch.utils.cpp_extension.load`` into torch's extension cache
+(``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``) under a name that
+hashes the source, the flags, the torch version and the CPU's feature flags, so an edit or a
+different machine rebuilds instead of loading a stale or illegal binary. Where it cannot be
+built (no compiler, no ninja) the backend runs ``fused`` instead and warns once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from lstmkit.backends import _bptt, fused
+
+_SOURCE = Path(__file__).with_name("lstm_native.cpp")
+_DTYPES = (torch.float32, torch.float64)
+
+_ext = None  # the loaded extension module
+_error: str | None = None  # why the build failed, once it has (so we warn and try only once)
+
+
+def unsupported(req) -> str | None:
+    if req.device_type != "cpu":
+        return f"device {req.device_type}"
+    if req.dtype not in _DTYPES:
+        return f"dtype {req.dtype}"
+    return None
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build():
+    """Compile (or load from the cache) the extension; raises if it cannot."""
+    from torch.utils import cpp_extension
+
+    source = _SOURCE.read_text()
+    # -march=native: the cache key includes the CPU flags, so the binary never moves machines.
+    flags = ["-O3", "-march=native"] if platform.machine() in ("x86_64", "AMD64") else ["-O3"]
+    key = "\n".join([source, *flags, torch.__version__, _cpu_flags()])
+    name = "lstmkit_native_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    # ninja may sit beside the interpreter of an unactivated venv; let the build find it.
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path])
+    try:
+        return cpp_extension.load(
+            name=name, sources=[str(_SOURCE)], extra_cflags=flags, verbose=False
+        )
+    finally:
+        os.environ["PATH"] = path
+
+
+def load():
+    """The compiled extension, or None where it cannot be built (then it warns, once)."""
+    global _ext, _error
+    if _ext is None and _error is None:
+        try:
+            _ext = _build()
+        except Exception as e:  # any build failure means: run fused instead, and say so
+            _error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e) else ''}"
+            warnings.warn(
+                f"lstmkit: the native backend could not be compiled ({_error}); "
+                "running the fused backend instead",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return _ext
+
+
+def available() -> bool:
+    """Whether the C++ extension is (or can be) built; compiles it on first call."""
+    return load() is not None
+
+
+class _NativeLoops:
+    """The Loops protocol of :mod:`._bptt` over the C++ extension."""
+
+    def __init__(self, ext):
+        self.ext = ext
+
+    def forward(self, xg, h0, c0, w_hh, w_hr, mask, reverse, save):
+        w_hr = None if w_hr is None else w_hr.contiguous()
+        res = self.ext.forward(xg, h0, c0, w_hh.contiguous(), w_hr, mask, reverse, save)
+        if not save:
+            return res[0], res[1], None, None, None
+        return tuple(res)
+
+    def backward(self, dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse):
+        dh_n = None if dh_n is None else dh_n.contiguous()
+        dc_n = None if dc_n is None else dc_n.contiguous()
+        w_hr = None if w_hr is None else w_hr.contiguous()
+        return tuple(
+            self.ext.backward(
+                dout, dh_n, dc_n, gates, cbuf, tc, w_hh.contiguous(), w_hr, mask, reverse
+            )
+        )
+
+
+def run(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse):
+    """One layer, one direction; see :mod:`lstmkit.backends` for shapes and semantics.
+
+    x (T, B, I), h0 (B, P or H), c0 (B, H) -> out (T, B, P or H), h_n, c_n.
+    """
+    ext = load()
+    if ext is None:
+        return fused.run(
+            x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse
+        )
+    return _bptt.run_with(
+        _NativeLoops(ext),
+        x,
+        h0,
+        c0,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        weight_hr,
+        lengths,
+        reverse,
+    )
