@@ -55,7 +55,9 @@ def _build():
 
     source = _SOURCE.read_text()
     # -march=native: the cache key includes the CPU flags, so the binary never moves machines.
-    flags = ["-O3", "-march=native"] if platform.machine() in ("x86_64", "AMD64") else ["-O3"]
+    flags = ["-O3", "-fno-trapping-math", "-fno-math-errno"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags.append("-march=native")
     key = "\n".join([source, *flags, torch.__version__, _cpu_flags()])
     name = "lstmkit_native_" + hashlib.sha256(key.encode()).hexdigest()[:16]
     # ninja may sit beside the interpreter of an unactivated venv; let the build find it.

@@ -1,0 +1,268 @@
+"""CPU benchmark: lstmkit's backends against torch.nn.LSTM and the tutorial's Python loop.
+
+    python bench/bench_cpu.py [--quick] [--out bench/results_cpu.json]
+
+Times inference (forward under ``torch.inference_mode``) and training (forward + backward of
+a fixed random upstream gradient on the output) for a single-layer, unidirectional fp32 LSTM
+with input size = hidden size over hidden x batch x steps. Contestants run interleaved in one
+process (round robin per repetition, after a warm-up), so load changes hit all of them alike;
+each cell repeats until its time budget is spent (at least ``--min-reps`` times) and reports
+medians. Ratios are ours / nn.LSTM (below 1 is faster); the summary has their geometric mean
+and maximum per backend. Prints a markdown table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import lstmkit  # noqa: E402
+
+HIDDEN, BATCH, STEPS = (16, 64, 256, 1024), (1, 16, 256), (4, 100, 1000)
+OURS = ("auto", "fused", "native")
+# Cells whose work T*B*H^2 is above these are skipped (the tutorial loop), or trimmed to
+# nn.LSTM + auto + the other backend; the largest cell alone would take > 10 minutes.
+TUTORIAL_MAX_WORK = 3e9
+MAX_WORK = 1e11
+
+
+class TutorialLSTM(nn.Module):
+    """The classic from-scratch LSTM: four nn.Linear gates on concat(x, h), a loop over time."""
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.hidden_size = hidden_size
+        n = input_size + hidden_size
+        self.input_gate = nn.Linear(n, hidden_size)
+        self.forget_gate = nn.Linear(n, hidden_size)
+        self.cell_gate = nn.Linear(n, hidden_size)
+        self.output_gate = nn.Linear(n, hidden_size)
+
+    def forward(self, x):
+        """x (T, B, I) -> (out (T, B, H), (h (B, H), c (B, H)))."""
+        h = x.new_zeros(x.size(1), self.hidden_size)
+        c = x.new_zeros(x.size(1), self.hidden_size)
+        outs = []
+        for t in range(x.size(0)):
+            z = torch.cat([x[t], h], dim=1)
+            i = torch.sigmoid(self.input_gate(z))
+            f = torch.sigmoid(self.forget_gate(z))
+            g = torch.tanh(self.cell_gate(z))
+            o = torch.sigmoid(self.output_gate(z))
+            c = f * c + i * g
+            h = o * torch.tanh(c)
+            outs.append(h)
+        return torch.stack(outs), (h, c)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _models(H: int, names: list[str]) -> dict[str, nn.Module]:
+    ref = nn.LSTM(H, H)
+    models: dict[str, nn.Module] = {}
+    for name in names:
+        if name == "nn.LSTM":
+            models[name] = ref
+        elif name == "tutorial":
+            models[name] = TutorialLSTM(H, H)
+        else:
+            m = lstmkit.LSTM(H, H, backend=name)
+            m.load_state_dict(ref.state_dict())
+            models[name] = m
+    return models
+
+
+def _step(model: nn.Module, x, gout, mode: str) -> float:
+    """Seconds for one forward (infer) or forward + backward (train)."""
+    if mode == "infer":
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            model(x)
+            return time.perf_counter() - t0
+    for p in model.parameters():
+        p.grad = None
+    t0 = time.perf_counter()
+    out = model(x)[0]
+    out.backward(gout)
+    return time.perf_counter() - t0
+
+
+def bench_cell(H, B, T, mode, names, budget_s=2.0, min_reps=3, max_reps=50, seed=0) -> dict:
+    """Median seconds per contestant for one (H, B, T, mode) cell, interleaved round robin."""
+    torch.manual_seed(seed)
+    models = _models(H, names)
+    x = torch.randn(T, B, H)
+    gout = torch.randn(T, B, H)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    gc.collect()
+    gc.disable()  # a collection inside one contestant's timing would be charged to it
+    try:
+        for n in names:  # warm-up: first-call costs (allocator, oneDNN primitives, compile)
+            _step(models[n], x, gout, mode)
+        start = time.perf_counter()
+        for rep in range(max_reps):
+            if rep >= min_reps and time.perf_counter() - start > budget_s:
+                break
+            for n in names:
+                times[n].append(_step(models[n], x, gout, mode))
+    finally:
+        gc.enable()
+    cell = {"H": H, "B": B, "T": T, "mode": mode}
+    cell["median_s"] = {n: statistics.median(v) for n, v in times.items()}
+    cell["reps"] = {n: len(v) for n, v in times.items()}
+    if "auto" in models:
+        cell["auto"] = list(models["auto"].backend_choice(x))
+    base = cell["median_s"].get("nn.LSTM")
+    if base:
+        cell["ratio"] = {n: t / base for n, t in cell["median_s"].items() if n != "nn.LSTM"}
+    return cell
+
+
+def contestants(H, B, T, with_tutorial=True) -> tuple[list[str], dict[str, str]]:
+    """Who runs in a cell, and why anyone is left out."""
+    names, skipped = ["nn.LSTM", *OURS], {}
+    work = T * B * H * H
+    if with_tutorial and work <= TUTORIAL_MAX_WORK:
+        names.append("tutorial")
+    elif with_tutorial:
+        skipped["tutorial"] = f"too slow: T*B*H^2 = {work:.1e} > {TUTORIAL_MAX_WORK:.0e}"
+    return names, skipped
+
+
+def summarize(cells: list[dict]) -> dict:
+    """Per mode and backend: geometric mean and max of ratio to nn.LSTM; tutorial speed-ups."""
+    out: dict = {}
+    for mode in ("infer", "train"):
+        rows = [c for c in cells if c["mode"] == mode and "ratio" in c]
+        out[mode] = {}
+        for n in OURS:
+            rs = [c["ratio"][n] for c in rows if n in c["ratio"]]
+            if rs:
+                geo = math.exp(sum(math.log(r) for r in rs) / len(rs))
+                out[mode][n] = {"geomean_ratio": geo, "max_ratio": max(rs), "cells": len(rs)}
+        tut = [
+            {"H": c["H"], "B": c["B"], "T": c["T"], "speedup": c["median_s"]["tutorial"] / t}
+            for c in rows
+            if "tutorial" in c["median_s"]
+            for t in [c["median_s"]["auto"]]
+        ]
+        out[mode]["auto_vs_tutorial"] = tut
+    return out
+
+
+def run(grid, modes=("infer", "train"), budget_s=2.0, min_reps=3, log=print) -> dict:
+    """Benchmark every (H, B, T) in ``grid`` for each mode; the JSON-ready result."""
+    cells = []
+    t0 = time.perf_counter()
+    for H, B, T in grid:
+        if T * B * H * H > MAX_WORK:
+            log(f"skip H={H} B={B} T={T}: T*B*H^2 above {MAX_WORK:.0e} (minutes per repetition)")
+            cells.append({"H": H, "B": B, "T": T, "mode": "both", "skipped": "too large"})
+            continue
+        names, skipped = contestants(H, B, T)
+        for mode in modes:
+            cell = bench_cell(H, B, T, mode, names, budget_s=budget_s, min_reps=min_reps)
+            if skipped:
+                cell["skipped"] = skipped
+            cells.append(cell)
+            log(_line(cell) + f"  [{time.perf_counter() - t0:.0f}s]")
+    return {
+        "machine": {
+            "cpu": cpu_name(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "mkldnn_enabled": torch._C._get_mkldnn_enabled(),
+            "python": platform.python_version(),
+        },
+        "settings": {"budget_s": budget_s, "min_reps": min_reps, "dtype": "float32"},
+        "cells": cells,
+        "summary": summarize(cells),
+        "total_s": time.perf_counter() - t0,
+    }
+
+
+def _line(c: dict) -> str:
+    ms = " ".join(f"{n}={t * 1e3:.3g}ms" for n, t in c["median_s"].items())
+    return f"{c['mode']:5s} H={c['H']:4d} B={c['B']:3d} T={c['T']:4d}  {ms}"
+
+
+def markdown(result: dict) -> str:
+    """The result as a markdown table (times in ms, ratios ours / nn.LSTM) plus a summary."""
+    m = result["machine"]
+    lines = [
+        f"CPU: {m['cpu']}, torch threads: {m['threads']}, torch {m['torch']}",
+        "",
+        "| mode | H | B | T | nn.LSTM ms | auto (pick) ms | fused ms | native ms | tutorial ms "
+        "| auto/nn | fused/nn | native/nn |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in result["cells"]:
+        if "median_s" not in c:
+            continue
+        t, r = c["median_s"], c.get("ratio", {})
+        pick = c.get("auto", ["?"])[0]
+        tut = f"{t['tutorial'] * 1e3:.3g}" if "tutorial" in t else "-"
+        lines.append(
+            f"| {c['mode']} | {c['H']} | {c['B']} | {c['T']} | {t['nn.LSTM'] * 1e3:.3g} "
+            f"| {t['auto'] * 1e3:.3g} ({pick}) | {t['fused'] * 1e3:.3g} | {t['native'] * 1e3:.3g} "
+            f"| {tut} | {r['auto']:.2f} | {r['fused']:.2f} | {r['native']:.2f} |"
+        )
+    lines += ["", "| mode | backend | geomean ours/nn.LSTM | max | cells |", "|---|---|---|---|---|"]
+    for mode in ("infer", "train"):
+        for n in OURS:
+            s = result["summary"].get(mode, {}).get(n)
+            if s:
+                lines.append(
+                    f"| {mode} | {n} | {s['geomean_ratio']:.3f} | {s['max_ratio']:.2f} "
+                    f"| {s['cells']} |"
+                )
+    for mode in ("infer", "train"):
+        for s in result["summary"].get(mode, {}).get("auto_vs_tutorial", []):
+            if s["B"] == 1 and s["T"] == 1000 and s["H"] == 64:
+                lines.append(f"\nauto vs tutorial loop, {mode}, H=64 B=1 T=1000: "
+                             f"{s['speedup']:.1f}x faster")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a tiny grid, for smoke tests")
+    p.add_argument("--out", default="bench/results_cpu.json", help="where to write the JSON")
+    p.add_argument("--budget", type=float, default=None, help="seconds per cell and mode")
+    p.add_argument("--min-reps", type=int, default=3)
+    args = p.parse_args(argv)
+    if args.quick:
+        grid = [(H, B, T) for H in (16, 64) for B in (1, 16) for T in (4, 100)]
+        budget = 0.2 if args.budget is None else args.budget
+    else:
+        grid = [(H, B, T) for H in HIDDEN for B in BATCH for T in STEPS]
+        budget = 1.5 if args.budget is None else args.budget
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    result = run(grid, budget_s=budget, min_reps=args.min_reps, log=log)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
