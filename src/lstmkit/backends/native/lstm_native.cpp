@@ -25,6 +25,10 @@ void sgemm_(const char*, const char*, const int*, const int*, const int*, const 
 void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*,
             const double*, const int*, const double*, const int*, const double*, double*,
             const int*) __attribute__((weak));
+void sgemv_(const char*, const int*, const int*, const float*, const float*, const int*,
+            const float*, const int*, const float*, float*, const int*) __attribute__((weak));
+void dgemv_(const char*, const int*, const int*, const double*, const double*, const int*,
+            const double*, const int*, const double*, double*, const int*) __attribute__((weak));
 }
 
 namespace {
@@ -37,6 +41,16 @@ void gemm(bool ta, bool tb, int M, int N, int K, const T* A, const T* B, T beta,
   const int lda = ta ? M : K, ldb = tb ? K : N, ldc = N;
   const char opa = ta ? 'T' : 'N', opb = tb ? 'T' : 'N';
   const T one = 1;
+  if (M == 1 && !ta) {  // one row (batch 1): a GEMV, which BLAS runs faster than a 1-row GEMM
+    // C^T = op(B)^T a^T; B read column-major is B^T, so tb=true wants it transposed back.
+    const char op = tb ? 'T' : 'N';
+    const int m = tb ? K : N, n = tb ? N : K, inc = 1;
+    if constexpr (std::is_same_v<T, float>) {
+      if (sgemv_) return sgemv_(&op, &m, &n, &one, B, &m, A, &inc, &beta, C, &inc);
+    } else {
+      if (dgemv_) return dgemv_(&op, &m, &n, &one, B, &m, A, &inc, &beta, C, &inc);
+    }
+  }
   if constexpr (std::is_same_v<T, float>) {
     if (sgemm_) {
       sgemm_(&opb, &opa, &N, &M, &K, &one, B, &ldb, A, &lda, &beta, C, &ldc);

@@ -1,0 +1,40 @@
+"""The CPU branch of ``auto``: which backend is fastest for a CPU request, and why.
+
+Measured with ``bench/bench_cpu.py`` (fp32, one layer, H = I in 16..1024, B in 1..256,
+T in 4..1000): ``native`` is never slower than ``fused`` (both share the input and weight
+GEMMs; native's per-step loop has no Python or dispatcher overhead), and ``fused`` beats
+``reference`` everywhere (one input GEMM, handwritten BPTT). So the order is native, fused,
+reference, each taken only if it supports the request; native also needs its C++ extension,
+which compiles on first use (and if it cannot, auto says so and uses fused).
+"""
+
+from __future__ import annotations
+
+
+def _size(req) -> str:
+    proj = f" P={req.P}" if req.P else ""
+    return f"cpu {str(req.dtype).replace('torch.', '')}, T={req.T} B={req.B} H={req.H}{proj}"
+
+
+def auto_cpu(req) -> tuple[str, str]:
+    """(backend name, reason) for a request with ``req.device_type == "cpu"``."""
+    from lstmkit.backends import fused, native, reference
+
+    work = "training" if req.needs_grad else "inference"
+    if native.unsupported(req) is None:
+        if native.available():
+            return "native", (
+                f"native: {_size(req)}, {work}; the C++ step loop measured fastest on CPU "
+                "at every size (no per-step Python or dispatch overhead)"
+            )
+        fallback = "native could not be compiled; "
+    else:
+        fallback = f"native does not support {native.unsupported(req)}; "
+    if fused.unsupported(req) is None:
+        return "fused", (
+            f"fused: {_size(req)}, {work}; {fallback}fused (one input GEMM, handwritten BPTT) "
+            "is the next fastest"
+        )
+    why = fused.unsupported(req)
+    assert reference.unsupported(req) is None
+    return "reference", f"reference: {_size(req)}; {fallback}fused does not support {why}"
