@@ -70,10 +70,13 @@ def _numbers(raw: list[str]) -> list[float]:
 
 
 def cmd_train(args) -> int:
+    from lstmkit.distributed import env_rank
     from lstmkit.train import train
 
     cfg = config_from_args(args)
     res = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    if env_rank() != 0:  # under torchrun, rank 0 reports for every rank
+        return 0
     stop = " (stopped early)" if res.stopped_early else ""
     print(
         f"trained {cfg.data.task}: {res.epochs} epochs{stop}, train loss {res.train_loss:.3g}, "
@@ -94,6 +97,23 @@ def cmd_predict(args) -> int:
     else:
         pred = predict_steps(run, values)
     print(json.dumps(pred) if args.json else " ".join(f"{v:.2f}" for v in pred))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from lstmkit.plots import plot_run
+
+    for path in plot_run(args.run):
+        print(path)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from lstmkit.checkpoint import load_run
+    from lstmkit.plots import plot_inspect
+
+    values = _numbers(args.values)
+    print(plot_inspect(load_run(args.run), values, args.out))
     return 0
 
 
@@ -119,6 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--json", action="store_true", help="print a JSON list")
     pr.set_defaults(func=cmd_predict)
+
+    pl = sub.add_parser("plot", help="draw loss curves (and a test forecast) into the run")
+    pl.add_argument("--run", default="runs/counting", help="run directory (default runs/counting)")
+    pl.set_defaults(func=cmd_plot)
+
+    ins = sub.add_parser("inspect", help="draw the gates and states of the first LSTM layer")
+    ins.add_argument("values", nargs="+", help="the input sequence, e.g. 5 6 7 8")
+    ins.add_argument("--run", default="runs/counting", help="run directory (default runs/counting)")
+    ins.add_argument("--out", metavar="FILE.png", help="picture to write (default RUN/gates.png)")
+    ins.set_defaults(func=cmd_inspect)
     return p
 
 

@@ -15,6 +15,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from lstmkit import data as tasks
+from lstmkit import distributed
 from lstmkit.checkpoint import (
     METRICS,
     STATE,
@@ -143,15 +144,31 @@ def train(
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> Result:
-    """Train ``cfg`` into run directory ``out``; see the module docstring."""
-    out = Path(out)
-    work = _prepare_dir(out, resume, overwrite)
+    """Train ``cfg`` into run directory ``out``; see the module docstring.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) this process is one rank of a DistributedDataParallel
+    run: each rank takes a DistributedSampler-style shard of every epoch's permutation and
+    ``train.batch_size`` windows per step (so a step covers batch_size × world_size windows),
+    validation loss is rank 0's on every rank, and only rank 0 writes ``out``; every rank
+    returns once the run directory is complete."""
+    ctx = distributed.setup(cfg.train.device)
+    ok = False
+    try:
+        result = _train(ctx, cfg, Path(out), resume, overwrite, progress)
+        ok = True
+        return result
+    finally:
+        distributed.teardown(ctx, ok)
+
+
+def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Result:
+    work = distributed.on_main(ctx, _prepare_dir, out, resume, overwrite)
     if resume:
         from lstmkit.checkpoint import load_run  # the saved config is the one to continue
 
         cfg = load_run(out).config
     cfg = validate(cfg)
-    device = pick_device(cfg.train.device)
+    device = distributed.train_device(ctx, pick_device(cfg.train.device))
     td = tasks.make(cfg.data, cfg.train.seed)
     scaler = make_scaler(cfg, td)
     train_split, val_split = encode(td.train, scaler), encode(td.val, scaler)
@@ -160,7 +177,8 @@ def train(
     model = build_model(cfg, facts).to(device)
     opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    steps_per_epoch = math.ceil(len(train_split) / cfg.train.batch_size)
+    shard = distributed.shard_size(ctx, len(train_split))  # len(train_split) when alone
+    steps_per_epoch = math.ceil(shard / cfg.train.batch_size)
     total = steps_per_epoch * cfg.train.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total))
     epoch, step, history, best, seconds = 0, 0, [], {"val": math.inf, "epoch": -1, "model": None}, 0.0
@@ -179,9 +197,12 @@ def train(
         )
     if best["model"] is None:
         best["model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    save_run(work, cfg, facts, best["model"], scaler)
+    if ctx.is_main:  # only rank 0 writes the run directory
+        save_run(work, cfg, facts, best["model"], scaler)
     if progress is None:
         progress = sys.stderr.isatty()
+    progress = progress and ctx.is_main
+    net = distributed.wrap(ctx, model, device)  # the model itself when alone
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # BPTT gradients of long sequences underflow; x86 crawls
     bar = tqdm(total=total, initial=step, disable=not progress, file=sys.stderr, unit="step", dynamic_ncols=True)
@@ -192,11 +213,12 @@ def train(
         while epoch < cfg.train.epochs:
             g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
             order = torch.randperm(len(train_split), generator=g)
+            order = distributed.shard(ctx, order)  # this rank's part; all of it when alone
             running = 0.0
             for i in range(steps_per_epoch):
                 idx = order[i * cfg.train.batch_size : (i + 1) * cfg.train.batch_size]
                 x, y, m = (t[idx].to(device) for t in (train_split.x, train_split.y, train_split.mask))
-                loss = masked_loss(model(x), y, m, td.kind)
+                loss = masked_loss(net(x), y, m, td.kind)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}); "
@@ -213,7 +235,9 @@ def train(
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4g}")
             epoch += 1
+            running = distributed.mean_value(ctx, running)  # over ranks
             val = evaluate_loss(model, val_split, td.kind, device)
+            val = distributed.broadcast_value(ctx, val)  # one decision on every rank
             row = {
                 "epoch": epoch,
                 "step": step,
@@ -234,7 +258,9 @@ def train(
         bar.close()
         if device.type == "cpu":
             torch.set_flush_denormal(False)
-    if work != out:  # overwrite: swap the finished run in, then drop the old one
+    vals = [r["val_loss"] for r in history]
+    distributed.dump_for_test(ctx, model.state_dict(), best["model"], vals)  # a test-only hook
+    if work != out and ctx.is_main:  # overwrite: swap the finished run in, then drop the old one
         old = out.with_name(out.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         out.rename(old)
@@ -246,6 +272,8 @@ def train(
 
 def _checkpoint(work, cfg, facts, model, scaler, opt, sched, epoch, step, history, best, seconds):
     """One consistent checkpoint: state first (what resume reads), then the best model."""
+    if not distributed.is_main():  # only rank 0 writes the run directory
+        return
     save_state(
         work / STATE,
         {

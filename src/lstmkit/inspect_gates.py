@@ -1,0 +1,125 @@
+"""What an LSTM layer does inside: its gates, cell state and hidden state at every step.
+
+The state update comes from :func:`lstmkit.cell.lstm_cell` itself, so what is drawn is what
+the model computes; only the four gate activations are recomputed here, from the same
+weights, because ``lstm_cell`` returns (h, c) alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lstmkit.cell import lstm_cell
+from lstmkit.checkpoint import Run
+from lstmkit.errors import DataError
+from lstmkit.forecast import _context
+
+PANELS = ("input gate", "forget gate", "candidate", "output gate", "cell state", "hidden state")
+CAPTIONS = {
+    "input gate": "i = σ(·): how much of the candidate is written into the cell (0 none, 1 all)",
+    "forget gate": "f = σ(·): how much of the previous cell state is kept (0 forget, 1 keep)",
+    "candidate": "g = tanh(·): the new values proposed for the cell, in [-1, 1]",
+    "output gate": "o = σ(·): how much of the squashed cell state is exposed as h",
+    "cell state": "c = f·c_prev + i·g: the long-term memory carried from step to step",
+    "hidden state": "h = o·tanh(c): the layer's output at this step, read by the next layer/head",
+}
+
+
+@dataclass
+class GateTrace:
+    """Per-step values of one layer for one sequence; every field is (T, H)."""
+
+    input_gate: Tensor
+    forget_gate: Tensor
+    candidate: Tensor
+    output_gate: Tensor
+    cell: Tensor
+    hidden: Tensor
+
+    def panels(self) -> dict[str, Tensor]:
+        """The fields in drawing order, keyed by :data:`PANELS`."""
+        values = (
+            self.input_gate,
+            self.forget_gate,
+            self.candidate,
+            self.output_gate,
+            self.cell,
+            self.hidden,
+        )
+        return dict(zip(PANELS, values, strict=True))
+
+
+def gate_activations(
+    x: Tensor,
+    h: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The activated gates (i, f, g, o) of one step, each (B, H); x (B, I), h (B, H).
+
+    The same pre-activation as :func:`lstmkit.cell.lstm_cell` (``W_ih x + W_hh h + b``,
+    gate order i, f, g, o); ``tests/test_plots.py`` checks that (i, f, g, o) rebuild its c."""
+    pre = x @ weight_ih.T + h @ weight_hh.T
+    if bias_ih is not None:
+        pre = pre + bias_ih + bias_hh
+    i, f, g, o = pre.chunk(4, dim=1)
+    return torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+
+
+@torch.no_grad()
+def trace_layer(
+    x: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+) -> GateTrace:
+    """Run one unidirectional layer without projection over x (T, I) from zero state.
+
+    Returns a :class:`GateTrace` of (T, H) tensors; ``hidden`` equals the layer's output."""
+    H = weight_hh.size(1)
+    h = c = x.new_zeros(1, H)
+    rows: list[tuple[Tensor, ...]] = []
+    for t in range(x.size(0)):
+        xt = x[t : t + 1]
+        gates = gate_activations(xt, h, weight_ih, weight_hh, bias_ih, bias_hh)
+        h, c = lstm_cell(xt, h, c, weight_ih, weight_hh, bias_ih, bias_hh)
+        rows.append((*gates, c, h))
+    return GateTrace(*(torch.cat(col, dim=0) for col in zip(*rows, strict=True)))
+
+
+def layer_input(run: Run, values) -> Tensor:
+    """What the first LSTM layer of ``run`` reads for ``values``: (T, I).
+
+    A series is checked and scaled exactly as :func:`lstmkit.forecast.predict_steps` does;
+    token ids go through the model's embedding."""
+    model = run.model
+    device = next(model.parameters()).device
+    if run.task.get("tokens"):
+        vocab = run.task["input_size"]
+        vals = [float(v) for v in values]
+        bad = [v for v in vals if not (v.is_integer() and 0 <= v < vocab)]
+        if not vals or bad:
+            got = f"{bad[0]:g}" if bad else "none"
+            raise DataError(f"values must be token ids in 0..{vocab - 1}, got {got}")
+        ids = torch.tensor([int(v) for v in vals], dtype=torch.int64, device=device)
+        return model.embedding(ids)
+    xs, _ = run.scaler.encode(_context(run, values))
+    return xs[0].to(device)
+
+
+def trace_run(run: Run, values) -> GateTrace:
+    """The gate trace of ``run``'s first LSTM layer (forward direction) for ``values``."""
+    lstm = run.model.lstm
+    if lstm.proj_size:
+        raise ValueError("inspect does not support LSTM layers with a projection (proj_size > 0)")
+    weights = [getattr(lstm, f"{n}_l0", None) for n in ("weight_ih", "weight_hh")]
+    biases = [getattr(lstm, f"{n}_l0", None) for n in ("bias_ih", "bias_hh")]
+    with torch.no_grad():
+        x = layer_input(run, values)
+    return trace_layer(x, *weights, *biases)
