@@ -226,7 +226,11 @@ def markdown(result: dict) -> str:
             f"| {t['auto'] * 1e3:.3g} ({pick}) | {t['fused'] * 1e3:.3g} | {t['native'] * 1e3:.3g} "
             f"| {tut} | {r['auto']:.2f} | {r['fused']:.2f} | {r['native']:.2f} |"
         )
-    lines += ["", "| mode | backend | geomean ours/nn.LSTM | max | cells |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| mode | backend | geomean ours/nn.LSTM | max | cells |",
+        "|---|---|---|---|---|",
+    ]
     for mode in ("infer", "train"):
         for n in OURS:
             s = result["summary"].get(mode, {}).get(n)
@@ -238,8 +242,9 @@ def markdown(result: dict) -> str:
     for mode in ("infer", "train"):
         for s in result["summary"].get(mode, {}).get("auto_vs_tutorial", []):
             if s["B"] == 1 and s["T"] == 1000 and s["H"] == 64:
-                lines.append(f"\nauto vs tutorial loop, {mode}, H=64 B=1 T=1000: "
-                             f"{s['speedup']:.1f}x faster")
+                lines.append(
+                    f"\nauto vs tutorial loop, {mode}, H=64 B=1 T=1000: {s['speedup']:.1f}x faster"
+                )
     return "\n".join(lines)
 
 

@@ -1,0 +1,225 @@
+"""The CPU backends (reference, fused, native) against the reference backend and torch.nn.LSTM.
+
+Two levels: the backend contract itself (``run`` against ``reference.run``, every option of
+one layer and direction, every gradient), and through ``lstmkit.LSTM`` against
+``torch.nn.LSTM`` with copied weights over the shared grid of layer options.
+"""
+
+import itertools
+import os
+import shutil
+import warnings
+
+import pytest
+import torch
+from compare import GRID, TOL, Case, assert_same, case_id, run_both
+
+import lstmkit
+from lstmkit import backends
+from lstmkit.backends import Request, fused, native, reference
+
+FAST = ["fused", "native"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def native_built():
+    """Compile the C++ extension once per session (it is cached on disk after that)."""
+    if not (os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler: the native backend cannot be built here")
+    assert native.load() is not None, f"native extension failed to build: {native._error}"
+
+
+def _module(name):
+    return {"reference": reference, "fused": fused, "native": native}[name]
+
+
+def _args(T, B, I, H, P, bias, dtype, seed=0, grad=("x", "h0", "c0", "w")):
+    """Random inputs of one layer and direction, as leaves; those named in ``grad`` need grad."""
+    g = torch.Generator().manual_seed(seed)
+    R = P or H
+
+    def r(*shape, scale=1.0, name="w"):
+        t = (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+        return t.requires_grad_(name in grad)
+
+    w_ih, w_hh = r(4 * H, I, scale=0.5), r(4 * H, R, scale=0.5)
+    b_ih, b_hh = (r(4 * H), r(4 * H)) if bias else (None, None)
+    w_hr = r(P, H, scale=0.5) if P else None
+    x, h0, c0 = r(T, B, I, name="x"), r(B, R, name="h0"), r(B, H, name="c0")
+    return [x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr]
+
+
+def _lengths(kind, T, B, seed=0):
+    if kind == "none":
+        return None
+    if kind == "full":
+        return torch.full((B,), T, dtype=torch.long)
+    lens = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(seed))
+    lens[-1] = 1  # unsorted, with a shortest sequence last
+    return lens
+
+
+def _run_and_grad(backend, args, lengths, reverse, seed=1):
+    outs = backend.run(*args, lengths, reverse)
+    g = torch.Generator().manual_seed(seed)
+    ups = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) for o in outs]
+    leaves = [a for a in args if a is not None and a.requires_grad]
+    grads = torch.autograd.grad(outs, leaves, ups)
+    return [o.detach() for o in outs], list(grads)
+
+
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize(
+    "T,B,P,bias,lengths,reverse",
+    list(
+        itertools.product(
+            [1, 6], [1, 4], [0, 3], [True, False], ["none", "unsorted", "full"], [False, True]
+        )
+    ),
+)
+def test_run_matches_reference_float64(name, T, B, P, bias, lengths, reverse):
+    args = _args(T, B, 5, 4, P, bias, torch.float64)
+    lens = None if lengths == "none" else _lengths(lengths, T, B)
+    want = _run_and_grad(reference, args, lens, reverse)
+    got = _run_and_grad(_module(name), args, lens, reverse)
+    torch.testing.assert_close(got, want, **TOL[torch.float64])
+    if lens is not None:
+        for b, n in enumerate(lens.tolist()):  # exactly zero past each length
+            assert torch.count_nonzero(got[0][0][n:, b]) == 0
+
+
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_run_matches_reference_float32_larger(name, reverse):
+    args = _args(9, 7, 16, 32, 0, True, torch.float32, seed=3)
+    lens = _lengths("unsorted", 9, 7, seed=3)
+    want = _run_and_grad(reference, args, lens, reverse)
+    got = _run_and_grad(_module(name), args, lens, reverse)
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("grad", [("x",), ("w",), ("h0", "c0"), ("c0",)])
+def test_only_requested_gradients(name, grad):
+    args = _args(4, 3, 2, 3, 2, True, torch.float64, grad=grad)
+    want = _run_and_grad(reference, args, None, False)
+    got = _run_and_grad(_module(name), args, None, False)
+    torch.testing.assert_close(got, want, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_non_contiguous_input_and_state(name):
+    args = _args(5, 3, 4, 3, 0, True, torch.float64)
+    x = args[0].detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
+    h0 = args[1].detach().t().contiguous().t().requires_grad_()
+    assert not x.transpose(0, 1).is_contiguous() or not h0.is_contiguous()
+    args = [x, h0, *args[2:]]
+    torch.testing.assert_close(
+        _run_and_grad(_module(name), args, None, True),
+        _run_and_grad(reference, args, None, True),
+        **TOL[torch.float64],
+    )
+
+
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("P,lengths", [(0, None), (2, torch.tensor([4, 2, 3]))])
+def test_gradcheck_float64(name, P, lengths):
+    args = tuple(_args(4, 3, 3, 3, P, True, torch.float64))
+    args = tuple(a for a in args if a is not None)
+
+    def f(x, h0, c0, w_ih, w_hh, b_ih, b_hh, *rest):
+        w_hr = rest[0] if rest else None
+        return _module(name).run(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, True)
+
+    assert torch.autograd.gradcheck(f, args)
+
+
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_inference_saves_nothing_and_matches(name, mode):
+    args = _args(6, 3, 4, 5, 2, True, torch.float32)
+    lens = torch.tensor([6, 1, 4])
+    ctx = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
+    with ctx:
+        got = _module(name).run(*args, lens, True)
+        want = reference.run(*args, lens, True)
+    assert all(o.grad_fn is None for o in got)
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_outputs_may_be_modified_in_place(name):
+    args = _args(3, 2, 2, 3, 0, True, torch.float64)
+    out, h_n, c_n = _module(name).run(*args, None, False)
+    out.mul_(2)
+    h_n.add_(1)
+    (out.sum() + h_n.sum() + c_n.sum()).backward()
+    assert args[0].grad is not None and torch.isfinite(args[0].grad).all()
+
+
+def test_fused_runs_bfloat16_close_to_float32():
+    args32 = _args(5, 3, 4, 8, 0, True, torch.float32)
+    args16 = [None if a is None else a.detach().bfloat16() for a in args32]
+    with torch.no_grad():
+        want = reference.run(*args32, None, False)
+        got = fused.run(*args16, None, False)
+    torch.testing.assert_close([g.float() for g in got], list(want), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("backend", FAST)  # reference: tests/test_layer.py
+@pytest.mark.parametrize("case", GRID, ids=case_id)
+def test_layer_matches_torch(case: Case, backend, dtype):
+    ours, theirs = run_both(case, dtype, backend=backend)
+    assert_same(ours, theirs, dtype)
+
+
+def test_native_falls_back_to_fused_with_one_warning(monkeypatch):
+    def no_compiler():
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(native, "_build", no_compiler)
+    monkeypatch.setattr(native, "_ext", None)
+    monkeypatch.setattr(native, "_error", None)
+    args = _args(3, 2, 2, 3, 0, True, torch.float64)
+    with pytest.warns(RuntimeWarning, match="native backend could not be compiled") as rec:
+        got = _run_and_grad(native, args, None, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second call must not warn again
+        again = _run_and_grad(native, args, None, False)
+    assert len([w for w in rec if "native" in str(w.message)]) == 1
+    torch.testing.assert_close(got, _run_and_grad(fused, args, None, False), rtol=0, atol=0)
+    torch.testing.assert_close(again, got, rtol=0, atol=0)
+    # auto notices too, and says why it picked fused
+    name, reason = backends._auto(_request())
+    assert name == "fused" and "could not be compiled" in reason
+
+
+def _request(**kw) -> Request:
+    base = {
+        "device_type": "cpu", "dtype": torch.float32, "T": 1000, "B": 1, "I": 64, "H": 64,
+        "P": 0, "num_layers": 1, "directions": 1, "has_lengths": False, "needs_grad": True,
+    }  # fmt: skip
+    return Request(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"dtype": torch.float64}, {"dtype": torch.bfloat16}, {"dtype": torch.float16},
+     {"P": 8, "has_lengths": True}, {"B": 256, "H": 1024, "needs_grad": False}],
+)  # fmt: skip
+def test_auto_picks_a_supporting_backend_and_says_why(kw):
+    req = _request(**kw)
+    name, reason = backends._auto(req)
+    assert backends.unsupported(name, req) is None
+    assert reason.startswith(name) and f"T={req.T} B={req.B} H={req.H}" in reason
+    expect = "native" if req.dtype in (torch.float32, torch.float64) else "fused"
+    assert name == expect
+
+
+def test_layer_reports_its_choice():
+    m = lstmkit.LSTM(4, 8)
+    name, reason = m.backend_choice(torch.randn(5, 2, 4))
+    assert name == "native" and "native" in reason
+    with pytest.raises(lstmkit.BackendError, match="native.*device"):
+        backends.resolve(_request(device_type="cuda"), "native")
