@@ -248,6 +248,11 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def quick_grid() -> list[tuple[int, int, int]]:
+    """The --quick subset: small enough for a smoke test of the whole script."""
+    return [(H, B, T) for H in (16, 64) for B in (1, 16) for T in (4, 100)]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a tiny grid, for smoke tests")
@@ -256,7 +261,7 @@ def main(argv=None) -> int:
     p.add_argument("--min-reps", type=int, default=3)
     args = p.parse_args(argv)
     if args.quick:
-        grid = [(H, B, T) for H in (16, 64) for B in (1, 16) for T in (4, 100)]
+        grid = quick_grid()
         budget = 0.2 if args.budget is None else args.budget
     else:
         grid = [(H, B, T) for H in HIDDEN for B in BATCH for T in STEPS]

@@ -1,0 +1,56 @@
+"""The CPU benchmark's core on one tiny cell: it runs every contestant and writes valid JSON."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_cpu.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_cpu", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_one_tiny_cell_gives_the_documented_json(bench, tmp_path):
+    result = bench.run([(8, 2, 3)], budget_s=0.0, min_reps=1, log=lambda s: None)
+    result = json.loads(json.dumps(result))  # must survive a JSON round trip
+    assert set(result) >= {"machine", "settings", "cells", "summary"}
+    assert result["machine"]["threads"] >= 1 and result["machine"]["cpu"]
+    cells = result["cells"]
+    assert [c["mode"] for c in cells] == ["infer", "train"]
+    for c in cells:
+        assert (c["H"], c["B"], c["T"]) == (8, 2, 3)
+        assert set(c["median_s"]) == {"nn.LSTM", "tutorial", "auto", "fused", "native"}
+        assert all(t > 0 for t in c["median_s"].values())
+        assert all(n >= 1 for n in c["reps"].values())
+        assert set(c["ratio"]) == {"tutorial", "auto", "fused", "native"}
+        assert c["auto"][0] in ("native", "fused")
+    for mode in ("infer", "train"):
+        s = result["summary"][mode]
+        assert s["auto"]["cells"] == 1 and s["auto"]["geomean_ratio"] > 0
+        assert s["auto_vs_tutorial"][0]["speedup"] > 0
+    table = bench.markdown(result)
+    assert "| infer | 8 | 2 | 3 |" in table and "geomean" in table
+
+
+def test_cli_quick_writes_json(bench, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "r.json"
+    # --quick with a tiny grid patched in, so the test stays fast
+    monkeypatch.setattr(bench, "quick_grid", lambda: [(8, 1, 2)])
+    assert bench.main(["--quick", "--out", str(out), "--budget", "0", "--min-reps", "1"]) == 0
+    data = json.loads(out.read_text())
+    assert len(data["cells"]) == 2
+    assert "| mode |" in capsys.readouterr().out
+
+
+def test_big_cells_skip_the_tutorial_loop(bench):
+    names, skipped = bench.contestants(1024, 256, 1000)
+    assert "tutorial" not in names and "tutorial" in skipped
+    names, skipped = bench.contestants(16, 1, 100)
+    assert "tutorial" in names and not skipped
