@@ -11,17 +11,15 @@ import torch
 from torch import Tensor, nn
 
 
-def lstm_cell(
+def lstm_gates(
     x: Tensor,
     h: Tensor,
-    c: Tensor,
     weight_ih: Tensor,
     weight_hh: Tensor,
     bias_ih: Tensor | None = None,
     bias_hh: Tensor | None = None,
-    weight_hr: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """One LSTM step. x (B, I), h (B, P or H), c (B, H) -> (h', c').
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The four activated gates of one step, each (B, H); x (B, I), h (B, P or H).
 
     The tutorial's ``W · concat(x, h) + b`` is ``W_ih · x + W_hh · h + b_ih + b_hh``:
     the same matrix split in two, which is how PyTorch stores it (gate order i, f, g, o).
@@ -34,6 +32,21 @@ def lstm_cell(
     f = torch.sigmoid(f)  # forget gate: how much of the old cell to keep
     g = torch.tanh(g)  # candidate values
     o = torch.sigmoid(o)  # output gate: how much of the cell to expose
+    return i, f, g, o
+
+
+def lstm_cell(
+    x: Tensor,
+    h: Tensor,
+    c: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+    weight_hr: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One LSTM step. x (B, I), h (B, P or H), c (B, H) -> (h', c')."""
+    i, f, g, o = lstm_gates(x, h, weight_ih, weight_hh, bias_ih, bias_hh)
     c = f * c + i * g
     h = o * torch.tanh(c)
     if weight_hr is not None:

@@ -1,8 +1,8 @@
 """What an LSTM layer does inside: its gates, cell state and hidden state at every step.
 
-The state update comes from :func:`lstmkit.cell.lstm_cell` itself, so what is drawn is what
-the model computes; only the four gate activations are recomputed here, from the same
-weights, because ``lstm_cell`` returns (h, c) alone.
+The gates come from :func:`lstmkit.cell.lstm_gates` and the state update from
+:func:`lstmkit.cell.lstm_cell`, the reference cell itself, so what is drawn is what the
+model computes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lstmkit.cell import lstm_cell
+from lstmkit.cell import lstm_cell, lstm_gates
 from lstmkit.checkpoint import Run
 from lstmkit.errors import DataError
 from lstmkit.forecast import _context
@@ -52,25 +52,6 @@ class GateTrace:
         return dict(zip(PANELS, values, strict=True))
 
 
-def gate_activations(
-    x: Tensor,
-    h: Tensor,
-    weight_ih: Tensor,
-    weight_hh: Tensor,
-    bias_ih: Tensor | None = None,
-    bias_hh: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The activated gates (i, f, g, o) of one step, each (B, H); x (B, I), h (B, H).
-
-    The same pre-activation as :func:`lstmkit.cell.lstm_cell` (``W_ih x + W_hh h + b``,
-    gate order i, f, g, o); ``tests/test_plots.py`` checks that (i, f, g, o) rebuild its c."""
-    pre = x @ weight_ih.T + h @ weight_hh.T
-    if bias_ih is not None:
-        pre = pre + bias_ih + bias_hh
-    i, f, g, o = pre.chunk(4, dim=1)
-    return torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-
-
 @torch.no_grad()
 def trace_layer(
     x: Tensor,
@@ -87,7 +68,7 @@ def trace_layer(
     rows: list[tuple[Tensor, ...]] = []
     for t in range(x.size(0)):
         xt = x[t : t + 1]
-        gates = gate_activations(xt, h, weight_ih, weight_hh, bias_ih, bias_hh)
+        gates = lstm_gates(xt, h, weight_ih, weight_hh, bias_ih, bias_hh)
         h, c = lstm_cell(xt, h, c, weight_ih, weight_hh, bias_ih, bias_hh)
         rows.append((*gates, c, h))
     return GateTrace(*(torch.cat(col, dim=0) for col in zip(*rows, strict=True)))
