@@ -98,6 +98,10 @@ def unsupported(name: str, req: Request) -> str | None:
 
 def _auto(req: Request) -> tuple[str, str]:
     """The policy of ``auto``: the fastest correct backend for this device, dtype and size."""
+    if req.device_type == "cuda":
+        from lstmkit.backends.policy_cuda import auto_cuda
+
+        return auto_cuda(req)
     if req.device_type == "cpu":
         from lstmkit.backends.policy_cpu import auto_cpu
 

@@ -1,0 +1,32 @@
+"""The CUDA half of ``auto``: cuDNN or the persistent Triton kernels, by dtype and size.
+
+The boundaries are the cells where Triton measured faster than cuDNN, forward and
+forward+backward, on an H100 (``bench/gpu_results.md``, 1000 steps):
+
+- bfloat16, hidden 256-1024, batch <= 64: Triton 0.2-0.8x cuDNN's time (0.97-1.15x at hidden
+  1024, batch 64).
+- float32 with TF32 allowed, hidden 256-512, batch <= 64: 0.4-0.7x.
+- float32 without TF32: cuDNN (Triton's 3xTF32 dots measured 0.9-14x cuDNN's time), and every
+  size not measured above: cuDNN, which is the well-known default.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def auto_cuda(req) -> tuple[str, str]:
+    """(backend name, reason) for a request on a CUDA device."""
+    from lstmkit.backends import unsupported
+
+    why = unsupported("triton", req)
+    if why is not None:
+        return "cudnn", f"cuda: triton cannot run this ({why})"
+    size = f"hidden {req.H}, batch {req.B}"
+    if req.dtype == torch.bfloat16 and 256 <= req.H <= 1024 and req.B <= 64:
+        return "triton", f"cuda: bfloat16 at {size} (triton measured faster on H100)"
+    if req.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "cudnn", "cuda: float32 without TF32 (cuDNN measured faster on H100)"
+    if req.dtype == torch.float32 and 256 <= req.H <= 512 and req.B <= 64:
+        return "triton", f"cuda: float32 with TF32 at {size} (triton measured faster on H100)"
+    return "cudnn", f"cuda: {req.dtype} at {size}, outside where triton measured faster"

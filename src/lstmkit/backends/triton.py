@@ -1,0 +1,228 @@
+"""The Triton backend: persistent GPU kernels for the recurrence, torch matmuls for the rest.
+
+Forward: ``gates = x @ W_ih^T + b`` for all steps is one large matmul; one kernel launch then
+runs every time step (:mod:`lstmkit.backends._triton_kernels`). Backward: one launch runs the
+recurrence backwards and writes ``dgates`` (T, B, 4H); ``dx``, ``dW_ih``, ``dW_hh`` and the
+biases are then a few large matmuls over all steps at once.
+
+Runs float32 (TF32 in ``tl.dot`` iff ``torch.backends.cuda.matmul.allow_tf32``) and bfloat16
+(fp32 accumulation, fp32 cell state). No projection (``proj_size``). Triton is optional and
+imported on first use; on the CPU the kernels run only in triton's interpreter
+(``TRITON_INTERPRET=1`` set before this backend first loads its kernels), which tests use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import torch
+
+from lstmkit.backends import BackendError
+
+_KERNELS = "lstmkit.backends._triton_kernels"
+_DTYPES = (torch.float32, torch.bfloat16)
+_MAX_ELEMS = 2**31 - 1  # the kernels index with int32
+_RESIDENT_BYTES = 64 * 1024  # weight_hh slice kept in registers when it is at most this
+
+
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _interpreting() -> bool:
+    """Whether the kernels run (or, once loaded, will run) in triton's CPU interpreter."""
+    mod = sys.modules.get(_KERNELS)
+    if mod is not None:
+        return mod.INTERPRETED
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def unsupported(req) -> str | None:
+    if not _triton_installed():
+        return "triton is not installed (pip install lstmkit[gpu])"
+    if req.device_type == "cpu" and not _interpreting():
+        return "device cpu (triton runs on CUDA, or on the CPU only with TRITON_INTERPRET=1)"
+    if req.device_type not in ("cuda", "cpu"):
+        return f"device {req.device_type}"
+    if req.dtype not in _DTYPES:
+        return f"dtype {req.dtype} (float32 or bfloat16 only)"
+    if req.P:
+        return "proj_size"
+    if req.T * req.B * 4 * req.H > _MAX_ELEMS:
+        return f"T*B*4H = {req.T * req.B * 4 * req.H} elements (more than 2**31 - 1)"
+    return None
+
+
+def _kernels():
+    import importlib
+
+    return importlib.import_module(_KERNELS)
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+# Tests set this to force a work split: keys BH, BB, BK, W_RES, stepwise, sync.
+_OVERRIDE: dict = {}
+
+
+def _plan(B: int, H: int, dtype: torch.dtype, device: torch.device) -> dict:
+    """Choose the work split. The weight slice of one program (4 x HP x BH) stays on chip
+    when it fits ``_RESIDENT_BYTES``; the persistent form needs every program co-resident."""
+    HP = max(16, _next_pow2(H))
+    es = torch.empty(0, dtype=dtype).element_size()
+    BH = HP
+    while BH > 16 and 4 * HP * BH * es > _RESIDENT_BYTES:
+        BH //= 2
+    NH = -(-H // BH)
+    sms = _sm_count(device)
+    # enough batch rows per program that all programs fit on the SMs at once, at least 16
+    # (the smallest tile tl.dot takes on the GPU), at most 128 (register pressure)
+    want = -(-B * NH // max(1, sms))
+    BB = min(128, max(16, _next_pow2(want), _next_pow2(B) if NH == 1 else 16))
+    if NH == 1:  # no barrier between programs: many small independent ones (64 spilled)
+        BB = 16
+    plan = {
+        "HP": HP,
+        "BH": BH,
+        "BB": BB,
+        "BK": min(64, HP),
+        "W_RES": 4 * HP * BH * es <= _RESIDENT_BYTES,
+    }
+    plan.update({k: v for k, v in _OVERRIDE.items() if k in plan})
+    NH = -(-H // plan["BH"])
+    NB = -(-B // plan["BB"])
+    interp = device.type == "cpu"
+    # a spinning barrier between programs needs them all running at once: one per SM
+    fits = NH == 1 or (not interp and sms >= NH * NB)
+    plan["stepwise"] = _OVERRIDE.get("stepwise", not fits)
+    plan["SYNC"] = _OVERRIDE.get("sync", NH > 1 and not plan["stepwise"])
+    plan["grid"] = (NH, NB)
+    # 32-bit registers a program holds: its resident weights plus its largest tile; 8 warps
+    # keep the resident weights near 64 registers per thread
+    w_regs = 4 * plan["HP"] * plan["BH"] * es // 4 if plan["W_RES"] else 0
+    tile = plan["BB"] * max(4 * plan["BH"], plan["HP"] if plan["W_RES"] else plan["BK"])
+    plan["num_warps"] = 8 if w_regs + tile >= 8192 else 4
+    return plan
+
+
+def _precision(dtype: torch.dtype, device: torch.device) -> str:
+    """float32 on CUDA: TF32 if torch allows it, else 3xTF32 (each operand split in a TF32
+    high and low part, three products: float32 accuracy on the tensor cores; Triton's exact
+    "ieee" path runs on the FMA units and measured 3-25x slower than cuDNN on an H100)."""
+    if dtype != torch.float32 or device.type != "cuda":
+        return "ieee"
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
+
+
+def _consts(p: dict, prec: str) -> dict:
+    keys = ("HP", "BH", "BB", "BK", "W_RES")
+    # num_stages=1: no software pipelining, which could hoist the next step's loads of the
+    # shared state above the barrier that makes them valid
+    return {**{k: p[k] for k in keys}, "PREC": prec, "num_warps": p["num_warps"], "num_stages": 1}
+
+
+def _forward(gates, w_hh, hs, cs, out, lens, reverse, store):
+    """Run the recurrence in place on the buffers (shapes in ``_triton_kernels``)."""
+    k = _kernels()
+    T, B, H = out.shape
+    p = _plan(B, H, gates.dtype, gates.device)
+    c = _consts(p, _precision(gates.dtype, gates.device))
+    counter = torch.zeros(p["grid"][1], dtype=torch.int32, device=gates.device)
+    spans = [(s, s + 1) for s in range(T)] if p["stepwise"] else [(0, T)]
+    for s0, s1 in spans:
+        k.lstm_fwd_kernel[p["grid"]](
+            gates, w_hh, hs, cs, out, lens, counter, T, B, H, s0, s1,
+            REVERSE=reverse, STORE=store, SYNC=p["SYNC"], **c,
+        )  # fmt: skip
+
+
+def _backward(gates, w_hh, cs, dout, dgates, dh, dc, lens, reverse):
+    k = _kernels()
+    T, B, H = dout.shape
+    p = _plan(B, H, gates.dtype, gates.device)
+    c = _consts(p, _precision(gates.dtype, gates.device))
+    counter = torch.zeros(p["grid"][1], dtype=torch.int32, device=gates.device)
+    # s = -1 is the last pass: it only turns dgates of step 0 into the gradient of h0
+    spans = [(s, s) for s in range(T - 1, -2, -1)] if p["stepwise"] else [(T - 1, -1)]
+    for s_hi, s_lo in spans:
+        k.lstm_bwd_kernel[p["grid"]](
+            gates, w_hh, cs, dout, dgates, dh, dc, lens, counter, T, B, H, s_hi, s_lo,
+            REVERSE=reverse, SYNC=p["SYNC"], **c,
+        )  # fmt: skip
+
+
+class _LSTMFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
+        T, B, I = x.shape
+        H = w_hh.size(1)
+        dtype = x.dtype
+        x2 = x.reshape(T * B, I)
+        gates = torch.addmm(b_ih + b_hh, x2, w_ih.t()) if b_ih is not None else x2 @ w_ih.t()
+        gates = gates.view(T, B, 4 * H)
+        hs = x.new_empty(T + 1, B, H)
+        hs[0] = h0
+        cs = torch.empty(T + 1, B, H, dtype=torch.float32, device=x.device)
+        cs[0] = c0
+        out = x.new_empty(T, B, H)
+        if lengths is None:
+            lens = torch.full((B,), T, dtype=torch.int32, device=x.device)
+        else:
+            lens = lengths.to(device=x.device, dtype=torch.int32)
+        w_hh = w_hh.contiguous()
+        store = any(ctx.needs_input_grad)
+        _forward(gates, w_hh, hs, cs, out, lens, reverse, store)
+        if store:
+            ctx.save_for_backward(x, w_ih, w_hh, gates, hs, cs, lens)
+        ctx.meta = (reverse, b_ih is not None, h0.dtype, c0.dtype)
+        return out, hs[T].clone(), cs[T].to(dtype)
+
+    @staticmethod
+    def backward(ctx, dout, dh_n, dc_n):
+        x, w_ih, w_hh, gates, hs, cs, lens = ctx.saved_tensors
+        reverse, has_bias, h_dtype, c_dtype = ctx.meta
+        T, B, I = x.shape
+        H = w_hh.size(1)
+        if dout is None:
+            dout = torch.zeros(T, B, H, dtype=x.dtype, device=x.device)
+        dh = torch.zeros(B, H, dtype=torch.float32, device=x.device)
+        dc = torch.zeros_like(dh)
+        if dh_n is not None:
+            dh += dh_n
+        if dc_n is not None:
+            dc += dc_n
+        dgates = torch.empty(T, B, 4 * H, dtype=x.dtype, device=x.device)
+        _backward(gates, w_hh, cs, dout.contiguous(), dgates, dh, dc, lens, reverse)
+        # everything that is not the recurrence: large matmuls over all T*B rows at once
+        dg2 = dgates.view(T * B, 4 * H)
+        need = ctx.needs_input_grad
+        dx = (dg2 @ w_ih).view(T, B, I) if need[0] else None
+        dw_ih = dg2.t() @ x.reshape(T * B, I) if need[3] else None
+        dw_hh = None
+        if need[4]:
+            h_prev = hs[:T].flip(0) if reverse else hs[:T]  # h entering step t, time order
+            dw_hh = dg2.t() @ h_prev.reshape(T * B, H)
+        db = dg2.float().sum(0).to(x.dtype) if has_bias and (need[5] or need[6]) else None
+        return dx, dh.to(h_dtype), dc.to(c_dtype), dw_ih, dw_hh, db, db, None, None
+
+
+def run(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse):
+    """One layer, one direction; see :mod:`lstmkit.backends` for shapes and semantics.
+
+    x (T, B, I), h0 (B, H), c0 (B, H) -> out (T, B, H), h_n (B, H), c_n (B, H)."""
+    if weight_hr is not None:
+        raise BackendError("backend 'triton' does not support proj_size")
+    return _LSTMFunction.apply(
+        x.contiguous(), h0.contiguous(), c0.contiguous(), weight_ih, weight_hh,
+        bias_ih, bias_hh, lengths, bool(reverse),
+    )  # fmt: skip

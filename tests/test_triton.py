@@ -1,0 +1,166 @@
+"""The Triton backend's kernels, run on the CPU in triton's interpreter, against the reference.
+
+TRITON_INTERPRET=1 is set only while the kernel module is imported (triton reads it when the
+kernels are decorated) and then restored, so other test files in this process are unaffected.
+Sizes are tiny: the interpreter runs every program of the grid one after another, in Python.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from lstmkit import LSTM, BackendError  # noqa: E402
+from lstmkit.backends import Request, reference  # noqa: E402
+from lstmkit.backends import triton as tb  # noqa: E402
+
+_saved = os.environ.get("TRITON_INTERPRET")
+os.environ["TRITON_INTERPRET"] = "1"
+try:
+    _name = "lstmkit.backends._triton_kernels"
+    if _name in sys.modules and not sys.modules[_name].INTERPRETED:
+        kernels = importlib.reload(sys.modules[_name])  # compiled for a GPU: useless on the CPU
+    else:
+        kernels = importlib.import_module(_name)
+finally:
+    if _saved is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = _saved
+
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+
+
+def test_interpreter_engaged():
+    from triton.runtime.interpreter import InterpretedFunction
+
+    assert kernels.INTERPRETED
+    assert isinstance(kernels.lstm_fwd_kernel, InterpretedFunction)
+    assert isinstance(kernels.lstm_bwd_kernel, InterpretedFunction)
+
+
+def _case(T, B, I, H, bias=True, lengths=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return ((torch.rand(*shape, generator=g) * 2 - 1) * scale).requires_grad_()
+
+    k = H**-0.5
+    x, h0, c0 = rnd(T, B, I), rnd(B, H), rnd(B, H)
+    w = [rnd(4 * H, I, scale=k), rnd(4 * H, H, scale=k)]
+    w += [rnd(4 * H, scale=k), rnd(4 * H, scale=k)] if bias else [None, None]
+    lens = None
+    if lengths:
+        lens = torch.randint(1, T + 1, (B,), generator=g)
+        lens[0] = T  # one full-length sequence, and (B > 1) usually a shorter one
+    return x, h0, c0, w, lens
+
+
+def _compare(T, B, I, H, reverse, lengths, bias=True, override=None, monkeypatch=None):
+    if override:
+        monkeypatch.setattr(tb, "_OVERRIDE", override)
+    x, h0, c0, w, lens = _case(T, B, I, H, bias, lengths)
+    args = (x, h0, c0, *w, None, lens, reverse)
+    got = tb.run(*args)
+    want = reference.run(*args)
+    for name, a, b in zip(("out", "h_n", "c_n"), got, want, strict=True):
+        torch.testing.assert_close(a, b, **TOL, msg=lambda m, n=name: f"{n}: {m}")
+    # random weights on every output, so every path of the backward matters
+    g = torch.Generator().manual_seed(1)
+    grads_out = [torch.randn(o.shape, generator=g) for o in want]
+    inputs = [t for t in (x, h0, c0, *w) if t is not None]
+    got_g = torch.autograd.grad(got, inputs, grads_out)
+    want_g = torch.autograd.grad(want, inputs, grads_out)
+    names = ["x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+    for name, a, b in zip(names[: len(inputs)], got_g, want_g, strict=True):
+        torch.testing.assert_close(a, b, **TOL, msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+@pytest.mark.parametrize("H", [4, 8, 16])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", [False, True])
+def test_matches_reference(H, reverse, lengths):
+    _compare(T=5, B=3, I=3, H=H, reverse=reverse, lengths=lengths)
+
+
+# Work splits the default plan never picks at these sizes: several programs over the hidden
+# units (launched a step at a time: the interpreter cannot run a spinning barrier), weight_hh
+# streamed in K-chunks, several batch blocks, and the barrier code itself with one program.
+SPLITS = {
+    "hidden_split": {"BH": 4},
+    "hidden_and_batch_split": {"BH": 8, "BB": 2},
+    "streamed_weights": {"W_RES": False, "BK": 4, "BH": 8},
+    "barrier_code": {"sync": True, "BB": 2},
+}
+
+
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_work_splits(split, reverse, monkeypatch):
+    _compare(T=4, B=3, I=2, H=16, reverse=reverse, lengths=True, override=SPLITS[split],
+             monkeypatch=monkeypatch)  # fmt: skip
+
+
+def test_odd_hidden_size_and_no_bias():
+    _compare(T=4, B=2, I=3, H=6, reverse=True, lengths=True, bias=False)
+
+
+def test_plan_spreads_hidden_units_over_programs():
+    p = tb._plan(B=16, H=1024, dtype=torch.float32, device=torch.device("cpu"))
+    assert p["grid"][0] * p["BH"] >= 1024 and p["grid"][0] > 1
+    assert p["stepwise"]  # the interpreter cannot run several programs at once
+    assert not p["W_RES"]  # 4 x 1024 x BH floats do not fit on chip
+
+
+def test_no_grad_forward_matches():
+    x, h0, c0, w, lens = _case(6, 3, 3, 8, lengths=True)
+    with torch.no_grad():
+        got = tb.run(x, h0, c0, *w, None, lens, False)
+        want = reference.run(x, h0, c0, *w, None, lens, False)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    assert (got[0][lens[1] :, 1] == 0).all()  # zero past the length
+
+
+def test_layer_bidirectional_two_layers():
+    torch.manual_seed(0)
+    ref = LSTM(3, 8, num_layers=2, bidirectional=True, backend="reference")
+    tri = LSTM(3, 8, num_layers=2, bidirectional=True, backend="triton")
+    tri.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    lens = torch.tensor([5, 3])
+    out_r, (h_r, c_r) = ref(x, lengths=lens)
+    out_t, (h_t, c_t) = tri(x, lengths=lens)
+    for a, b in zip((out_t, h_t, c_t), (out_r, h_r, c_r), strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    (gx_r,) = torch.autograd.grad(out_r.sum() + h_r.sum(), x)
+    (gx_t,) = torch.autograd.grad(out_t.sum() + h_t.sum(), x)
+    torch.testing.assert_close(gx_t, gx_r, **TOL)
+
+
+def _req(**kw):
+    base = dict(device_type="cpu", dtype=torch.float32, T=5, B=3, I=3, H=8, P=0, num_layers=1,
+                directions=1, has_lengths=False, needs_grad=True)  # fmt: skip
+    return Request(**{**base, **kw})
+
+
+def test_unsupported_says_why(monkeypatch):
+    assert tb.unsupported(_req()) is None  # the kernels were built for the interpreter
+    assert tb.unsupported(_req(P=4)) == "proj_size"
+    assert "float64" in tb.unsupported(_req(dtype=torch.float64))
+    monkeypatch.setattr(kernels, "INTERPRETED", False)
+    assert "TRITON_INTERPRET=1" in tb.unsupported(_req())
+    monkeypatch.setattr(tb, "_triton_installed", lambda: False)
+    assert tb.unsupported(_req()) == "triton is not installed (pip install lstmkit[gpu])"
+
+
+def test_projection_is_a_clear_error():
+    x, h0, c0, w, _ = _case(3, 2, 3, 8)
+    with pytest.raises(BackendError, match="triton.*proj_size"):
+        tb.run(x, h0[:, :2], c0, *w, torch.randn(2, 8), None, False)
