@@ -223,3 +223,13 @@ def test_layer_reports_its_choice():
     assert name == "native" and "native" in reason
     with pytest.raises(lstmkit.BackendError, match="native.*device"):
         backends.resolve(_request(device_type="cuda"), "native")
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_inference_h_n_does_not_alias_output(name):
+    args = _args(3, 2, 2, 3, 0, True, torch.float32)
+    with torch.inference_mode():
+        out, h_n, _ = _module(name).run(*args, None, False)
+        before = h_n.clone()
+        out.zero_()
+    torch.testing.assert_close(h_n, before, rtol=0, atol=0)

@@ -56,12 +56,17 @@ def time_mask(lengths: Tensor | None, T: int, device) -> Tensor | None:
     return (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).to(device)
 
 
-def _outputs(hbuf: Tensor, c_n: Tensor, mask: Tensor | None, reverse: bool):
-    """(out (T, B, P) zero on dead steps, h_n (B, P), c_n) from the state buffer."""
+def _outputs(hbuf: Tensor, c_n: Tensor, mask: Tensor | None, reverse: bool, saved: bool):
+    """(out (T, B, P) zero on dead steps, h_n (B, P), c_n) from the state buffer.
+
+    h_n is always its own tensor (never aliasing a row of out); out is too when ``hbuf`` is
+    saved for backward, so callers may modify outputs in place as with torch.nn.LSTM."""
     out = hbuf[:-1] if reverse else hbuf[1:]
     h_n = hbuf[0] if reverse else hbuf[-1]
-    # Always a fresh tensor, so callers may modify it in place without touching saved state.
-    out = out.clone() if mask is None else out * mask.unsqueeze(-1).to(out.dtype)
+    if mask is not None:
+        out = out * mask.unsqueeze(-1).to(out.dtype)
+    elif saved:
+        out = out.clone()
     return out, h_n.clone(), c_n
 
 
@@ -70,7 +75,7 @@ def forward_no_grad(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengt
     xg = input_projection(x, w_ih, b_ih, b_hh)
     mask = time_mask(lengths, x.size(0), x.device)
     hbuf, c_n, *_ = loops.forward(xg, h0, c0, w_hh, w_hr, mask, reverse, False)
-    return _outputs(hbuf, c_n, mask, reverse)
+    return _outputs(hbuf, c_n, mask, reverse, saved=False)
 
 
 class LSTMFunction(torch.autograd.Function):
@@ -88,7 +93,7 @@ class LSTMFunction(torch.autograd.Function):
         ctx.save_for_backward(x, w_ih, w_hh, w_hr, xg, hbuf, cbuf, tc, r, mask)
         ctx.reverse, ctx.loops, ctx.has_bias = reverse, loops, b_ih is not None
         ctx.set_materialize_grads(False)
-        return _outputs(hbuf, c_n, mask, reverse)
+        return _outputs(hbuf, c_n, mask, reverse, saved=True)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -285,6 +285,7 @@ std::vector<at::Tensor> forward(at::Tensor xg, at::Tensor h0, at::Tensor c0, at:
   at::Tensor r;
   if (w_hr) r = at::empty({save ? T : 1, B, H}, opt);
   Steps st(T, B, reverse, mask);
+  pybind11::gil_scoped_release no_gil;  // plain loops and BLAS from here on: let Python run
   AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "lstm_native_forward", [&] {
     forward_impl<scalar_t>(xg.data_ptr<scalar_t>(), hbuf.data_ptr<scalar_t>(),
                            cbuf.data_ptr<scalar_t>(), tc.data_ptr<scalar_t>(),
@@ -310,6 +311,7 @@ std::vector<at::Tensor> backward(c10::optional<at::Tensor> dout, c10::optional<a
   at::Tensor dc = dc_n ? dc_n->clone() : at::zeros({B, H}, opt);
   at::Tensor dr_buf = at::empty({B, H}, opt), dh_buf = at::empty({B, P}, opt);
   Steps st(T, B, reverse, mask);
+  pybind11::gil_scoped_release no_gil;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_native_backward", [&] {
     backward_impl<scalar_t>(ptr_or_null<scalar_t>(dout), dh.data_ptr<scalar_t>(),
                             dc.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
