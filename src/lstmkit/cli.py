@@ -34,8 +34,12 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                 type=str,
                 default=None,
                 metavar=t.__name__.upper(),
-                help=f"default {getattr(defaults, f.name)!r}",
+                help=_default_help(getattr(defaults, f.name)),
             )
+
+
+def _default_help(value) -> str:
+    return "default: the task's" if value is None else f"default {value!r}"
 
 
 def _parse_value(t: type, raw: str, flag: str):
@@ -90,8 +94,10 @@ def cmd_predict(args) -> int:
     from lstmkit.checkpoint import load_run
     from lstmkit.forecast import forecast, predict_steps
 
-    values = _numbers(args.values)
     run = load_run(args.run)
+    values = _numbers(args.values)
+    if args.csv is not None:
+        values = _csv_context(run, args.csv, values)
     if args.horizon is not None:
         pred = forecast(run, values, args.horizon)
     else:
@@ -117,6 +123,36 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _csv_context(run, path: str, values: list[float]) -> list[float]:
+    """The run's column of CSV file ``path``, as the context to predict from."""
+    from lstmkit.data.csv import read_series
+
+    if run.config.data.task != "csv":
+        raise DataError(f"--csv takes a run of the csv task, got one of {run.config.data.task!r}")
+    if values:
+        raise DataError("give the context either as values or as --csv FILE, not both")
+    return read_series(path, run.task["meta"]["column"])
+
+
+def cmd_evaluate(args) -> int:
+    from lstmkit.checkpoint import load_run
+    from lstmkit.evaluate import evaluate
+
+    report = evaluate(load_run(args.run))
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from lstmkit.checkpoint import load_run
+    from lstmkit.generate import generate
+
+    run = load_run(args.run)
+    text = generate(run, args.prompt, args.chars, args.temperature, args.seed)
+    print(args.prompt + text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lstmkit", description="Train and use LSTM sequence models.")
     p.add_argument("--version", action="version", version=f"lstmkit {__version__}")
@@ -138,7 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--horizon", type=int, help="print only the next N values, each fed back as input"
     )
     pr.add_argument("--json", action="store_true", help="print a JSON list")
+    pr.add_argument(
+        "--csv", metavar="FILE", help="csv runs: read the context from the run's column of FILE"
+    )
     pr.set_defaults(func=cmd_predict)
+
+    ev = sub.add_parser("evaluate", help="score a run's test split beside naive baselines")
+    ev.add_argument("--run", default="runs/counting", help="run directory (default runs/counting)")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.set_defaults(func=cmd_evaluate)
+
+    ge = sub.add_parser("generate", help="sample text from a run of the text task")
+    ge.add_argument("--run", default="runs/text", help="run directory (default runs/text)")
+    ge.add_argument("--prompt", default="\n", help="text to start from (default a newline)")
+    ge.add_argument("--chars", type=int, default=200, help="characters to sample (default 200)")
+    ge.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
+    ge.add_argument("--seed", type=int, help="seed of the sampler (default: random)")
+    ge.set_defaults(func=cmd_generate)
 
     pl = sub.add_parser("plot", help="draw loss curves (and a test forecast) into the run")
     pl.add_argument("--run", default="runs/counting", help="run directory (default runs/counting)")

@@ -15,7 +15,7 @@ from lstmkit.errors import ConfigError
 
 @dataclass
 class ModelConfig:
-    hidden_size: int = 32
+    hidden_size: int | None = None  # None: the task's default (see lstmkit.data.resolve)
     num_layers: int = 1
     dropout: float = 0.0
     backend: str = "auto"
@@ -25,20 +25,26 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     task: str = "counting"
-    length: int = 4  # steps per training window
-    num_train: int = 512
-    num_val: int = 128
-    num_test: int = 128
+    length: int | None = None  # steps per training window; None: the task's default
+    num_train: int | None = None  # windows (sequences) per split; None: the task's default
+    num_val: int | None = None
+    num_test: int | None = None
     low: int = 0  # counting: first values drawn from low..high
     high: int = 9
-    scaling: str = "auto"  # auto (the task's choice) | none | standard | offset | diff
+    scaling: str = "auto"  # auto (the task's choice) | none | standard | offset | diff | seasonal
+    period: int | None = None  # seasonal period (seasonal scaler, seasonal-naive baseline)
+    csv: str = ""  # csv task: the file; "" = the packaged airline series
+    column: str = ""  # csv task: the value column; "" = the file's only numeric column
+    date_column: str = ""  # csv task: optional column of dates, checked to be increasing
+    test_size: int | None = None  # csv task: final steps held out as test (and as validation)
+    text: str = ""  # text task: a UTF-8 text file
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 60
-    batch_size: int = 32
-    lr: float = 0.01
+    epochs: int | None = None  # None (here and above): the task's default
+    batch_size: int | None = None
+    lr: float | None = None
     optimizer: str = "adam"  # adam | adamw
     weight_decay: float = 0.0
     schedule: str = "cosine"  # constant | cosine
@@ -58,7 +64,7 @@ class RunConfig:
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 CHOICES = {
     ("model", "backend"): None,  # checked by lstmkit.backends at model build
-    ("data", "scaling"): ("auto", "none", "standard", "offset", "diff"),
+    ("data", "scaling"): ("auto", "none", "standard", "offset", "diff", "seasonal"),
     ("train", "optimizer"): ("adam", "adamw"),
     ("train", "schedule"): ("constant", "cosine"),
     ("train", "device"): ("auto", "cpu", "cuda"),
@@ -71,11 +77,26 @@ POSITIVE = {
     ("data", "num_train"),
     ("data", "num_val"),
     ("data", "num_test"),
+    ("data", "period"),
+    ("data", "test_size"),
     ("train", "epochs"),
     ("train", "batch_size"),
     ("train", "lr"),
 }
 NON_NEGATIVE = {("train", "weight_decay"), ("train", "clip"), ("train", "patience")}
+# Fields whose None means "the task's default", filled by lstmkit.data.resolve before training.
+TASK_DEFAULT = {
+    ("model", "hidden_size"),
+    ("data", "length"),
+    ("data", "num_train"),
+    ("data", "num_val"),
+    ("data", "num_test"),
+    ("data", "period"),
+    ("data", "test_size"),
+    ("train", "epochs"),
+    ("train", "batch_size"),
+    ("train", "lr"),
+}
 
 
 def _field_type(cls, name: str) -> type:
@@ -115,6 +136,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     for section, cls in SECTIONS.items():
         obj = getattr(cfg, section)
         for f in dataclasses.fields(cls):
+            if getattr(obj, f.name) is None and (section, f.name) in TASK_DEFAULT:
+                continue
             v = coerce(section, f.name, getattr(obj, f.name))
             where = f"{section}.{f.name}"
             if isinstance(v, float) and not math.isfinite(v):
@@ -160,7 +183,10 @@ def from_dict(d: dict, base: RunConfig | None = None, source: str = "config") ->
                 raise ConfigError(
                     f"{source}: unknown key {section}.{key}; expected one of {', '.join(sorted(known))}"
                 )
-            setattr(obj, key, coerce(section, key, value))
+            if value is None and (section, key) in TASK_DEFAULT:
+                setattr(obj, key, None)  # JSON null: the task's default
+            else:
+                setattr(obj, key, coerce(section, key, value))
     return validate(cfg)
 
 

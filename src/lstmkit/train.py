@@ -71,12 +71,12 @@ def make_scaler(cfg: RunConfig, td: tasks.TaskData) -> Scaler:
             f"data.scaling {kind!r} applies to univariate series; task {cfg.data.task!r} "
             "takes only 'none' or 'auto'"
         )
-    return Scaler(kind).fit(td.train.x)
+    return Scaler(kind, period=cfg.data.period).fit(td.train.x)
 
 
 def encode(split: tasks.Split, scaler: Scaler) -> tasks.Split:
     x, y = scaler.encode(split.x, split.y)
-    return tasks.Split(x, y, split.mask)
+    return tasks.Split(x, y, split.mask & scaler.defined(split.x.size(1)))
 
 
 def masked_loss(pred: Tensor, y: Tensor, mask: Tensor, kind: str) -> Tensor:
@@ -167,7 +167,7 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
         from lstmkit.checkpoint import load_run  # the saved config is the one to continue
 
         cfg = load_run(out).config
-    cfg = validate(cfg)
+    cfg = tasks.resolve(validate(cfg))  # None fields: the task's defaults, saved resolved
     device = distributed.train_device(ctx, pick_device(cfg.train.device))
     td = tasks.make(cfg.data, cfg.train.seed)
     scaler = make_scaler(cfg, td)
