@@ -113,6 +113,8 @@ def _prepare_dir(out: Path, resume: bool, overwrite: bool) -> Path:
     if resume:
         if not (out / STATE).is_file():
             raise RunDirError(f"run directory {out} has no {STATE} to resume from")
+        for tmp in out.glob(".*.tmp"):  # left by a write that a kill interrupted
+            tmp.unlink()
         return out
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out} exists and is not a directory")
@@ -132,7 +134,12 @@ def _prepare_dir(out: Path, resume: bool, overwrite: bool) -> Path:
 
 def _write_metrics(path: Path, history: list[dict]) -> None:
     lines = [",".join(METRIC_COLUMNS)]
-    lines += [",".join(f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c]) for c in METRIC_COLUMNS) for row in history]
+    lines += [
+        ",".join(
+            f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c]) for c in METRIC_COLUMNS
+        )
+        for row in history
+    ]
     atomic_write(path / METRICS, ("\n".join(lines) + "\n").encode())
 
 
@@ -181,7 +188,13 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
     steps_per_epoch = math.ceil(shard / cfg.train.batch_size)
     total = steps_per_epoch * cfg.train.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total))
-    epoch, step, history, best, seconds = 0, 0, [], {"val": math.inf, "epoch": -1, "model": None}, 0.0
+    epoch, step, history, best, seconds = (
+        0,
+        0,
+        [],
+        {"val": math.inf, "epoch": -1, "model": None},
+        0.0,
+    )
     if resume:
         st = load_state(out / STATE)
         model.load_state_dict(st["model"])
@@ -197,15 +210,22 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
         )
     if best["model"] is None:
         best["model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if ctx.is_main:  # only rank 0 writes the run directory
-        save_run(work, cfg, facts, best["model"], scaler)
+    if not resume:  # a checkpoint at step 0, so a run killed in its first epoch can resume
+        _checkpoint(work, cfg, facts, model, scaler, opt, sched, 0, 0, [], best, 0.0)
     if progress is None:
         progress = sys.stderr.isatty()
     progress = progress and ctx.is_main
     net = distributed.wrap(ctx, model, device)  # the model itself when alone
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # BPTT gradients of long sequences underflow; x86 crawls
-    bar = tqdm(total=total, initial=step, disable=not progress, file=sys.stderr, unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        initial=step,
+        disable=not progress,
+        file=sys.stderr,
+        unit="step",
+        dynamic_ncols=True,
+    )
     stopped_early = False
     started = time.perf_counter() - seconds
     try:
@@ -217,7 +237,9 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
             running = 0.0
             for i in range(steps_per_epoch):
                 idx = order[i * cfg.train.batch_size : (i + 1) * cfg.train.batch_size]
-                x, y, m = (t[idx].to(device) for t in (train_split.x, train_split.y, train_split.mask))
+                x, y, m = (
+                    t[idx].to(device) for t in (train_split.x, train_split.y, train_split.mask)
+                )
                 loss = masked_loss(net(x), y, m, td.kind)
                 if not torch.isfinite(loss):
                     raise TrainingError(
@@ -248,10 +270,27 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
             }
             history.append(row)
             if val < best["val"]:
-                best = {"val": val, "epoch": epoch, "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                best = {
+                    "val": val,
+                    "epoch": epoch,
+                    "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                }
             patience = cfg.train.patience
             stopped_early = patience > 0 and epoch - best["epoch"] >= patience
-            _checkpoint(work, cfg, facts, model, scaler, opt, sched, epoch, step, history, best, row["seconds"])
+            _checkpoint(
+                work,
+                cfg,
+                facts,
+                model,
+                scaler,
+                opt,
+                sched,
+                epoch,
+                step,
+                history,
+                best,
+                row["seconds"],
+            )
             if stopped_early:
                 break
     finally:
@@ -267,7 +306,15 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
         work.rename(out)
         shutil.rmtree(old, ignore_errors=True)
     last = history[-1]
-    return Result(out, epoch, last["train_loss"], last["val_loss"], best["val"], last["seconds"], stopped_early)
+    return Result(
+        out,
+        epoch,
+        last["train_loss"],
+        last["val_loss"],
+        best["val"],
+        last["seconds"],
+        stopped_early,
+    )
 
 
 def _checkpoint(work, cfg, facts, model, scaler, opt, sched, epoch, step, history, best, seconds):
