@@ -73,7 +73,9 @@ def load_state(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise RunDirError(f"run directory {path.parent} has no {path.name} to resume from") from None
+        raise RunDirError(
+            f"run directory {path.parent} has no {path.name} to resume from"
+        ) from None
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, …
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RunDirError(f"{path} is not a loadable training state ({first})") from None

@@ -180,8 +180,9 @@ def from_dict(d: dict, base: RunConfig | None = None, source: str = "config") ->
         obj = getattr(cfg, section)
         for key, value in values.items():
             if key not in known:
+                expected = ", ".join(sorted(known))
                 raise ConfigError(
-                    f"{source}: unknown key {section}.{key}; expected one of {', '.join(sorted(known))}"
+                    f"{source}: unknown key {section}.{key}; expected one of {expected}"
                 )
             if value is None and (section, key) in TASK_DEFAULT:
                 setattr(obj, key, None)  # JSON null: the task's default

@@ -62,7 +62,10 @@ class Scaler:
         elif self.kind == "offset":
             self.center, self.scale = 0.0, (x - x[:, :1]).std().item()
         elif self.kind == "diff":
-            self.center, self.scale = 0.0, x.diff(dim=1).abs().mean().item() if x.size(1) > 1 else 1.0
+            self.center, self.scale = (
+                0.0,
+                x.diff(dim=1).abs().mean().item() if x.size(1) > 1 else 1.0,
+            )
         if not self.scale > 1e-8:  # a constant training split: leave the scale alone
             self.scale = 1.0
         return self

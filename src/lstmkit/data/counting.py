@@ -21,5 +21,8 @@ def runs(n: int, length: int, low: int, high: int, generator: torch.Generator) -
 
 def make(cfg, seed: int) -> TaskData:
     g = torch.Generator().manual_seed(seed)
-    parts = [runs(n, cfg.length, cfg.low, cfg.high, g) for n in (cfg.num_train, cfg.num_val, cfg.num_test)]
+    parts = [
+        runs(n, cfg.length, cfg.low, cfg.high, g)
+        for n in (cfg.num_train, cfg.num_val, cfg.num_test)
+    ]
     return TaskData(*parts, input_size=1, output_size=1, default_scaling="diff")
