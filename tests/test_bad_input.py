@@ -205,6 +205,11 @@ CASES = [
         ["does not match its config", "weight_ih_l0 has shape (32, 1), config implies (64, 1)"],
     ),
     (
+        "resume-with-flags",
+        lambda t, g: ["train", "--out", str(_copy_run(g, t / "r")), "--resume", "--epochs", "9"],
+        ["--resume continues a run with its saved config; got --epochs as well"],
+    ),
+    (
         "resume-nothing",
         lambda t, g: ["train", "--out", str(t / "nothing"), "--resume"],
         ["has no train_state.pt to resume from"],

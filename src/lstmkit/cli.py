@@ -77,8 +77,17 @@ def cmd_train(args) -> int:
     from lstmkit.distributed import env_rank
     from lstmkit.train import train
 
+    if args.resume:
+        given = [k.split(".", 1)[1] for k, v in vars(args).items() if "." in k and v is not None]
+        if args.config or given:
+            flag = "--config" if args.config else "--" + given[0].replace("_", "-")
+            raise LstmkitError(
+                f"--resume continues a run with its saved config; got {flag} as well "
+                "(start a new run with --out, or replace it with --overwrite)"
+            )
     cfg = config_from_args(args)
-    res = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    out = args.out or f"runs/{cfg.data.task}"
+    res = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
     if env_rank() != 0:  # under torchrun, rank 0 reports for every rank
         return 0
     stop = " (stopped early)" if res.stopped_early else ""
@@ -160,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     t = sub.add_parser("train", help="train a model and write a run directory")
-    t.add_argument("--out", default="runs/counting", help="run directory (default runs/counting)")
+    t.add_argument("--out", help="run directory (default runs/TASK, e.g. runs/counting)")
     t.add_argument("--config", metavar="FILE.toml", help="config file; flags override it")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
