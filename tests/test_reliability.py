@@ -57,7 +57,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, monkeypatc
         return loss * float("nan") if calls["n"] == 21 else loss  # step 21: epoch 2 of 16 steps
 
     monkeypatch.setattr(train_mod, "masked_loss", poisoned)
-    cfg = _cfg()
+    cfg = _cfg(checkpoint_every=0.0)  # a checkpoint at every epoch's end
     cfg.data.num_train = 512
     with pytest.raises(TrainingError, match=r"loss became nan at step 21 \(epoch 2\)"):
         train_mod.train(cfg, out)
@@ -121,6 +121,7 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path):
 
 def _train_cmd(out, *extra):
     args = ["--epochs", "30", "--num-train", "2048", "--hidden-size", "16", "--batch-size", "16"]
+    args += ["--checkpoint-every", "0"]  # every epoch, so kills land between many checkpoints
     return [sys.executable, "-m", "lstmkit", "train", "--out", str(out), *args, *extra]
 
 
@@ -145,7 +146,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
         proc.wait()
         kills += 1
         load_run(out)  # whatever moment the kill hit, the previous checkpoint loads
-        cmd = _train_cmd(out, "--resume")
+        cmd = [sys.executable, "-m", "lstmkit", "train", "--out", str(out), "--resume"]
     assert kills >= 3, "training finished before three kills: make the run longer"
     subprocess.run(cmd, check=True, env=env, capture_output=True)
     a, b = load_file(ref / "model.safetensors"), load_file(out / "model.safetensors")

@@ -121,8 +121,13 @@ def save_run(path: Path, cfg: RunConfig, task: dict, weights: dict, scaler: Scal
         },
     )
     write_json(path / SCALER, scaler.to_dict())
+    save_weights(path, weights)
+
+
+def save_weights(path: Path, weights: dict) -> None:
+    """Write model.safetensors (``weights``: a model's state_dict) atomically."""
     weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
-    atomic_write(path / WEIGHTS, st_save(weights))
+    atomic_write(Path(path) / WEIGHTS, st_save(weights))
 
 
 def _read_json(path: Path) -> dict:

@@ -50,6 +50,7 @@ class TrainConfig:
     schedule: str = "cosine"  # constant | cosine
     clip: float = 1.0  # max gradient norm; 0 turns clipping off
     patience: int = 0  # epochs without validation improvement before stopping; 0 = never
+    checkpoint_every: float = 2.0  # seconds between checkpoints (at epoch ends); 0 = every epoch
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
 
@@ -83,7 +84,12 @@ POSITIVE = {
     ("train", "batch_size"),
     ("train", "lr"),
 }
-NON_NEGATIVE = {("train", "weight_decay"), ("train", "clip"), ("train", "patience")}
+NON_NEGATIVE = {
+    ("train", "weight_decay"),
+    ("train", "clip"),
+    ("train", "patience"),
+    ("train", "checkpoint_every"),
+}
 # Fields whose None means "the task's default", filled by lstmkit.data.resolve before training.
 TASK_DEFAULT = {
     ("model", "hidden_size"),
