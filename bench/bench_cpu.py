@@ -1,6 +1,10 @@
 """CPU benchmark: lstmkit's backends against torch.nn.LSTM and the tutorial's Python loop.
 
     python bench/bench_cpu.py [--quick] [--out bench/results_cpu.json]
+    python bench/bench_cpu.py --cells infer:1024:1:100,train:256:1:1000 --backends native
+
+``--cells`` (mode:H:B:T, mode infer, train or both) and ``--backends`` time a few cells
+against nn.LSTM only, for measuring one change without the whole grid.
 
 Times inference (forward under ``torch.inference_mode``) and training (forward + backward of
 a fixed random upstream gradient on the output) for a single-layer, unidirectional fp32 LSTM
@@ -191,6 +195,29 @@ def summarize(cells: list[dict]) -> dict:
     return out
 
 
+def parse_cells(spec: str) -> list[tuple[str, int, int, int]]:
+    """ "infer:1024:1:100,both:16:256:1000" -> [(mode, H, B, T), ...]."""
+    cells = []
+    for item in spec.split(","):
+        mode, H, B, T = item.split(":")
+        if mode not in ("infer", "train", "both"):
+            raise ValueError(f"cell mode must be infer, train or both, got {mode!r}")
+        cells.append((mode, int(H), int(B), int(T)))
+    return cells
+
+
+def run_cells(cells, backends, budget_s=2.0, min_reps=5, log=print) -> list[dict]:
+    """Time only the given (mode, H, B, T) cells: nn.LSTM and ``backends``, interleaved."""
+    out = []
+    for mode, H, B, T in cells:
+        for m in ("infer", "train") if mode == "both" else (mode,):
+            cell = bench_cell(H, B, T, m, ["nn.LSTM", *backends], budget_s, min_reps)
+            ratios = " ".join(f"{n}/nn={r:.2f}" for n, r in cell.get("ratio", {}).items())
+            log(_line(cell) + "  " + ratios)
+            out.append(cell)
+    return out
+
+
 def run(grid, modes=("infer", "train"), budget_s=2.0, min_reps=3, log=print) -> dict:
     """Benchmark every (H, B, T) in ``grid`` for each mode; the JSON-ready result."""
     cells = []
@@ -289,9 +316,15 @@ def main(argv=None) -> int:
     p.add_argument("--min-reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--full", action="store_true", help="also the largest cell (many minutes)")
+    p.add_argument("--cells", default=None, help="only these cells: mode:H:B:T,... (no JSON)")
+    p.add_argument("--backends", default="native", help="with --cells: ours to time, a,b,...")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cells:
+        budget = 2.0 if args.budget is None else args.budget
+        run_cells(parse_cells(args.cells), args.backends.split(","), budget, max(args.min_reps, 5))
+        return 0
     global MAX_WORK
     if args.full:
         MAX_WORK = math.inf

@@ -110,6 +110,52 @@ def test_only_requested_gradients(name, grad):
     torch.testing.assert_close(got, want, **TOL[torch.float64])
 
 
+@pytest.mark.parametrize("B", [1, 2, 3, 5, 9])
+@pytest.mark.parametrize("H,P", [(40, 0), (21, 7)])
+def test_native_small_batch_loops_float64(B, H, P):
+    """With the size rule off, B <= 8 takes native's own matrix-vector loops (5: a block of 4
+    and one; 9: BLAS). H=40 covers the two-vector, one-vector and float64 lane paths; H=21
+    with P=7 the scalar tails and a row count (P) that is not a multiple of 4. Two threads
+    with no work threshold split every product."""
+    args = _args(5, B, 6, H, P, True, torch.float64, seed=B)
+    lens = _lengths("unsorted", 5, B, seed=B) if B > 1 else None
+    want = _run_and_grad(reference, args, lens, True)
+    ext, threads = native.load(), torch.get_num_threads()
+    try:
+        for par_min in (1 << 62, 0):  # one thread, then split over two
+            ext.set_tuning(8, par_min, False)
+            torch.set_num_threads(1 if par_min else 2)
+            got = _run_and_grad(native, args, lens, True)
+            torch.testing.assert_close(got, want, **TOL[torch.float64])
+    finally:
+        ext.set_tuning(8, 1 << 17, True)
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize(
+    "P,lengths,reverse",
+    [(0, None, False), (3, "unsorted", True), (0, "unsorted", False), (3, None, True)],
+)
+def test_chunked_inference_float64(name, P, lengths, reverse, monkeypatch):
+    """Inference runs the input projection and loop in chunks of steps (here 4, the least):
+    state carries across chunk borders, reverse walks the chunks from the end."""
+    from lstmkit.backends import _bptt
+
+    T, B = 11, 3
+    args = _args(T, B, 5, 4, P, True, torch.float64, grad=())
+    lens = None if lengths is None else _lengths(lengths, T, B)
+    want = reference.run(*args, lens, reverse)
+    monkeypatch.setattr(_bptt, "CHUNK_BYTES", 1)
+    assert _bptt.chunk_steps(T, B, 16, 8) == _bptt.CHUNK_MIN_STEPS < T
+    with torch.no_grad():
+        got = _module(name).run(*args, lens, reverse)
+    torch.testing.assert_close(got, want, **TOL[torch.float64])
+    if lens is not None:
+        for b, n in enumerate(lens.tolist()):
+            assert torch.count_nonzero(got[0][n:, b]) == 0
+
+
 @pytest.mark.parametrize("name", FAST)
 def test_non_contiguous_input_and_state(name):
     args = _args(5, 3, 4, 3, 0, True, torch.float64)

@@ -74,6 +74,191 @@ void gemm(bool ta, bool tb, int M, int N, int K, const T* A, const T* B, T beta,
   }
 }
 
+// ---- Small-batch recurrent products ------------------------------------------------------
+// At B = 1..4 a step is a matrix-vector product bound by reading the weights (4H x P; 16 MB
+// at H = 1024, from L3). MKL's sgemv reads them at about half the bandwidth oneDNN reaches on
+// AMD, so these two loops read W_hh in its stored layout (no packing: the forward wants dot
+// products along its rows, the backward axpys of its rows, both contiguous) with explicit
+// vectors (GCC/Clang vector extensions: 512-bit, split by the compiler where narrower), and
+// split the rows (forward) or columns (backward) over threads when the product is big enough
+// to pay for waking them. Summation order differs from BLAS; both are exact to rounding.
+int g_small_b = 8;            // cap on the batch that takes these loops (set_tuning)
+int64_t g_par_min = 1 << 17;  // fewest multiply-adds per step worth a parallel_for
+bool g_by_size = true;        // false: every batch up to g_small_b takes them (tests)
+
+template <typename T>
+struct Vec {
+  static constexpr int L = 64 / sizeof(T);
+  typedef T type __attribute__((vector_size(64)));
+  static type load(const T* p) {
+    type v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static void store(T* p, type v) { std::memcpy(p, &v, sizeof v); }
+  // Horizontal sum by halving (512 -> 256 -> 128 bits), which compiles to lane extracts;
+  // indexing the 512-bit vector lane by lane instead spills it and dominates at small K.
+  static T sum(type v) {
+    typedef T half __attribute__((vector_size(32)));
+    typedef T quarter __attribute__((vector_size(16)));
+    half lo, hi;
+    std::memcpy(&lo, &v, 32);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + 32, 32);
+    const half a = lo + hi;
+    quarter l2, h2;
+    std::memcpy(&l2, &a, 16);
+    std::memcpy(&h2, reinterpret_cast<const char*>(&a) + 16, 16);
+    const quarter b = l2 + h2;
+    T s = 0;
+    for (int l = 0; l < int(16 / sizeof(T)); ++l) s += b[l];
+    return s;
+  }
+};
+
+// 4 rows of W against NB rows of x: sums s[r][b] = dot(W[j + r, :], x[b, :]). Each loaded
+// vector of W feeds NB FMAs and each of x 4, so the loads no longer bound it at B > 1; at
+// NB = 1 two vectors per row are in flight to cover the FMA latency.
+template <typename T, int NB>
+void dot_block(int K, const T* x, const T* w0, T (&s)[4][NB]) {
+  using V = Vec<T>;
+  using v = typename V::type;
+  constexpr int L = V::L, U = NB == 1 ? 2 : 1;
+  v a[U][4][NB] = {};
+  int k = 0;
+  for (; k + U * L <= K; k += U * L)
+    for (int u = 0; u < U; ++u) {
+      v xv[NB];
+      for (int b = 0; b < NB; ++b) xv[b] = V::load(x + (int64_t)b * K + k + u * L);
+      for (int r = 0; r < 4; ++r) {
+        const v wv = V::load(w0 + (int64_t)r * K + k + u * L);
+        for (int b = 0; b < NB; ++b) a[u][r][b] += wv * xv[b];
+      }
+    }
+  for (int r = 0; r < 4; ++r)
+    for (int b = 0; b < NB; ++b) {
+      v t = a[0][r][b];
+      for (int u = 1; u < U; ++u) t += a[u][r][b];
+      T acc = V::sum(t);
+      for (int kk = k; kk < K; ++kk) acc += w0[(int64_t)r * K + kk] * x[(int64_t)b * K + kk];
+      s[r][b] = acc;
+    }
+}
+
+template <typename T, int NB>
+void dot_group(int K, const T* x, const T* w0, T* y, int ldy, bool acc) {
+  T s[4][NB];
+  dot_block<T, NB>(K, x, w0, s);
+  for (int b = 0; b < NB; ++b)
+    for (int r = 0; r < 4; ++r) {
+      T* yb = y + (int64_t)b * ldy + r;
+      *yb = acc ? *yb + s[r][b] : s[r][b];
+    }
+}
+
+// y[b, j] (+)= dot(W[j, :], x[b, :]) for rows j in [j0, j1): dot products along W's
+// contiguous rows, 4 rows by up to 4 batch rows at a time.
+template <typename T>
+void dot_rows(int n, int K, const T* x, const T* W, T* y, int ldy, bool acc, int j0, int j1) {
+  int j = j0;
+  for (; j + 4 <= j1; j += 4) {
+    const T* w0 = W + (int64_t)j * K;
+    for (int b = 0; b < n; b += 4) {
+      const T* xb = x + (int64_t)b * K;
+      T* yb = y + (int64_t)b * ldy + j;
+      switch (std::min(4, n - b)) {
+        case 4: dot_group<T, 4>(K, xb, w0, yb, ldy, acc); break;
+        case 3: dot_group<T, 3>(K, xb, w0, yb, ldy, acc); break;
+        case 2: dot_group<T, 2>(K, xb, w0, yb, ldy, acc); break;
+        default: dot_group<T, 1>(K, xb, w0, yb, ldy, acc);
+      }
+    }
+  }
+  for (; j < j1; ++j) {  // leftover rows (M not a multiple of 4: only with a projection)
+    const T* w0 = W + (int64_t)j * K;
+    for (int b = 0; b < n; ++b) {
+      T s = 0;
+      for (int k = 0; k < K; ++k) s += w0[k] * x[(int64_t)b * K + k];
+      y[(int64_t)b * ldy + j] = acc ? y[(int64_t)b * ldy + j] + s : s;
+    }
+  }
+}
+
+// y[b, k] = sum_j d[b, j] W[j, k] for columns k in [k0, k1): 4 rows of W scaled and added
+// per pass over the (L1-resident) slice of y.
+template <typename T>
+void axpy_rows(int n, int M, int N, const T* d, const T* W, T* y, int k0, int k1) {
+  using V = Vec<T>;
+  using v = typename V::type;
+  constexpr int L = V::L;
+  for (int b = 0; b < n; ++b) std::fill(y + (int64_t)b * N + k0, y + (int64_t)b * N + k1, T(0));
+  int j = 0;
+  for (; j < M; j += 4) {
+    const int r = std::min(4, M - j);
+    const T* w0 = W + (int64_t)j * N;
+    const T* w1 = r > 1 ? w0 + N : w0;  // short group: reuse row 0 with a zero weight
+    const T* w2 = r > 2 ? w0 + 2 * N : w0;
+    const T* w3 = r > 3 ? w0 + 3 * N : w0;
+    for (int b = 0; b < n; ++b) {
+      const T* db = d + (int64_t)b * M + j;
+      const T e0 = db[0], e1 = r > 1 ? db[1] : T(0), e2 = r > 2 ? db[2] : T(0);
+      const T e3 = r > 3 ? db[3] : T(0);
+      T* yb = y + (int64_t)b * N;
+      int k = k0;
+      for (; k + L <= k1; k += L) {
+        v s = V::load(yb + k);
+        s += V::load(w0 + k) * e0 + V::load(w1 + k) * e1;
+        s += V::load(w2 + k) * e2 + V::load(w3 + k) * e3;
+        V::store(yb + k, s);
+      }
+      for (; k < k1; ++k) yb[k] += w0[k] * e0 + w1[k] * e1 + w2[k] * e2 + w3[k] * e3;
+    }
+  }
+}
+
+// Whether n batch rows against a weight of this many elements take the loops above. They
+// win while reading the weight dominates, which lasts to more rows the bigger it is
+// (measured per step, fp32, 2 threads: H=1024 to B=8, H=256 to B=4, H=64 to B=2).
+inline bool small_batch(int n, int64_t weights) {
+  const int by_size = weights >= (1 << 20) ? 8 : weights >= (1 << 16) ? 4 : 2;
+  const int most = g_by_size ? by_size : g_small_b;
+  return n <= std::min(most, g_small_b);
+}
+
+// Row-major y (n, M) (+)= x (n, K) W^T with W (M, K): the forward step's h W_hh^T.
+template <typename T>
+void small_nt(int n, int M, int K, const T* x, const T* W, T* y, bool acc) {
+  const int64_t groups = (M + 3) / 4, work = (int64_t)n * M * K;
+  const int64_t grain = work >= g_par_min ? 1 : groups;
+  at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
+    dot_rows<T>(n, K, x, W, y, M, acc, g0 * 4, std::min<int64_t>(g1 * 4, M));
+  });
+}
+
+// Row-major y (n, N) = d (n, M) W with W (M, N): the backward step's dG W_hh.
+template <typename T>
+void small_nn(int n, int M, int N, const T* d, const T* W, T* y) {
+  constexpr int L = Vec<T>::L;
+  const int64_t cols = (N + L - 1) / L, work = (int64_t)n * M * N;
+  const int64_t grain = work >= g_par_min ? 1 : cols;
+  at::parallel_for(0, cols, grain, [&](int64_t c0, int64_t c1) {
+    axpy_rows<T>(n, M, N, d, W, y, c0 * L, std::min<int64_t>(c1 * L, N));
+  });
+}
+
+// Row-major C(M, N) = A (M, K) B^T (+ C when accumulating), B (N, K): small batches above.
+template <typename T>
+void mm_nt(int M, int N, int K, const T* A, const T* B, T* C, bool acc) {
+  if (small_batch(M, (int64_t)N * K)) return small_nt<T>(M, N, K, A, B, C, acc);
+  gemm<T>(false, true, M, N, K, A, B, acc ? T(1) : T(0), C);
+}
+
+// Row-major C(M, N) = A (M, K) B, B (K, N).
+template <typename T>
+void mm_nn(int M, int N, int K, const T* A, const T* B, T* C) {
+  if (small_batch(M, (int64_t)N * K)) return small_nn<T>(M, K, N, A, B, C);
+  gemm<T>(false, false, M, N, K, A, B, T(0), C);
+}
+
 // exp for float as range reduction + polynomial, branch-free so that loops calling it
 // vectorise (libm's expf does not without -ffast-math). Relative error ~1e-7.
 inline float fast_exp(float x) {
@@ -194,7 +379,7 @@ void forward_impl(T* xg, T* hbuf, T* cbuf, T* tc, T* r, const T* w_hh, const T* 
     T* tct = save ? tc + (int64_t)t * B * H : tc;  // inference: one (B, H) scratch
     T* rt = proj ? r + (int64_t)(save ? t : 0) * B * H : hn;
     T* g = xg + (int64_t)t * B * G;
-    if (n > 0) gemm<T>(false, true, n, G, P, hp, w_hh, T(1), g);  // g += h W_hh^T
+    if (n > 0) mm_nt<T>(n, G, P, hp, w_hh, g, true);  // g += h W_hh^T
     for (int b = 0; b < B; ++b) {
       if (b < n && st.live(t, b)) {
         gates_forward(H, g + b * G, cp + b * H, cn + b * H, tct + b * H, rt + b * H);
@@ -208,7 +393,7 @@ void forward_impl(T* xg, T* hbuf, T* cbuf, T* tc, T* r, const T* w_hh, const T* 
       }
     }
     if (proj) {
-      if (n > 0) gemm<T>(false, true, n, P, H, rt, w_hr, T(0), hn);  // h = r W_hr^T
+      if (n > 0) mm_nt<T>(n, P, H, rt, w_hr, hn, false);  // h = r W_hr^T
       for (int b = 0; b < B; ++b)
         if (!(b < n && st.live(t, b))) std::memcpy(hn + b * P, hp + b * P, sizeof(T) * P);
     }
@@ -243,7 +428,7 @@ void backward_impl(const T* dout, T* dh, T* dc, const T* gates, const T* cbuf, c
           std::fill(dhtt + b * P, dhtt + (b + 1) * P, T(0));
         }
       }
-      if (n > 0) gemm<T>(false, false, n, H, P, dh, w_hr, T(0), dr_buf);  // dr = dh W_hr
+      if (n > 0) mm_nn<T>(n, H, P, dh, w_hr, dr_buf);  // dr = dh W_hr
       dr = dr_buf;
     }
     for (int b = 0; b < B; ++b) {
@@ -256,9 +441,9 @@ void backward_impl(const T* dout, T* dh, T* dc, const T* gates, const T* cbuf, c
     }
     if (n == 0) continue;
     if (!st.mask) {
-      gemm<T>(false, false, B, P, G, dg, w_hh, T(0), dh);  // dh = dG W_hh
+      mm_nn<T>(B, P, G, dg, w_hh, dh);  // dh = dG W_hh
     } else {
-      gemm<T>(false, false, n, P, G, dg, w_hh, T(0), dh_buf);
+      mm_nn<T>(n, P, G, dg, w_hh, dh_buf);
       for (int b = 0; b < n; ++b)
         if (st.live(t, b)) std::memcpy(dh + b * P, dh_buf + b * P, sizeof(T) * P);
     }
@@ -323,9 +508,19 @@ std::vector<at::Tensor> backward(c10::optional<at::Tensor> dout, c10::optional<a
   return {dG, dht, dh, dc};
 }
 
+// For measuring and tests: the batch up to which the handwritten loops may run (0: BLAS
+// always), the work per step from which they use the intra-op threads, and whether the
+// batch limit also depends on the weight's size (small_batch).
+void set_tuning(int small_b, int64_t par_min, bool by_size) {
+  g_small_b = small_b;
+  g_par_min = par_min;
+  g_by_size = by_size;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "LSTM forward recurrence (one layer, one direction)");
   m.def("backward", &backward, "LSTM backward recurrence (one layer, one direction)");
+  m.def("set_tuning", &set_tuning, "small-batch threshold and parallel work threshold");
 }
