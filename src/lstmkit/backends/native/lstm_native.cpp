@@ -130,7 +130,12 @@ void dot_block(int K, const T* x, const T* w0, T (&s)[4][NB]) {
       v xv[NB];
       for (int b = 0; b < NB; ++b) xv[b] = V::load(x + (int64_t)b * K + k + u * L);
       for (int r = 0; r < 4; ++r) {
-        const v wv = V::load(w0 + (int64_t)r * K + k + u * L);
+        v wv = V::load(w0 + (int64_t)r * K + k + u * L);
+        // Pin wv to a register: otherwise GCC folds the load into each of the NB FMAs, and
+        // loads, not FMAs, become the bound.
+#if defined(__x86_64__) && defined(__GNUC__)
+        __asm__("" : "+v"(wv));
+#endif
         for (int b = 0; b < NB; ++b) a[u][r][b] += wv * xv[b];
       }
     }
