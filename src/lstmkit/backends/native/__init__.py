@@ -55,7 +55,8 @@ def _build():
 
     source = _SOURCE.read_text()
     # -march=native: the cache key includes the CPU flags, so the binary never moves machines.
-    flags = ["-O3", "-fno-trapping-math", "-fno-math-errno"]
+    # -fopenmp: at::parallel_for is inline and runs serially where _OPENMP is undefined.
+    flags = ["-O3", "-fno-trapping-math", "-fno-math-errno", "-fopenmp"]
     if platform.machine() in ("x86_64", "AMD64"):
         flags.append("-march=native")
     key = "\n".join([source, *flags, torch.__version__, _cpu_flags()])
@@ -65,7 +66,11 @@ def _build():
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path])
     try:
         return cpp_extension.load(
-            name=name, sources=[str(_SOURCE)], extra_cflags=flags, verbose=False
+            name=name,
+            sources=[str(_SOURCE)],
+            extra_cflags=flags,
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
         )
     finally:
         os.environ["PATH"] = path

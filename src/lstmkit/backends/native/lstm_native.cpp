@@ -83,7 +83,7 @@ void gemm(bool ta, bool tb, int M, int N, int K, const T* A, const T* B, T beta,
 // split the rows (forward) or columns (backward) over threads when the product is big enough
 // to pay for waking them. Summation order differs from BLAS; both are exact to rounding.
 int g_small_b = 8;            // cap on the batch that takes these loops (set_tuning)
-int64_t g_par_min = 1 << 17;  // fewest multiply-adds per step worth a parallel_for
+int64_t g_par_min = 1 << 16;  // fewest multiply-adds per step worth a parallel_for (H=128, B=1)
 bool g_by_size = true;        // false: every batch up to g_small_b takes them (tests)
 
 template <typename T>
