@@ -128,7 +128,7 @@ def test_native_small_batch_loops_float64(B, H, P):
             got = _run_and_grad(native, args, lens, True)
             torch.testing.assert_close(got, want, **TOL[torch.float64])
     finally:
-        ext.set_tuning(8, 1 << 16, True)
+        ext.set_tuning(16, 1 << 16, True)
         torch.set_num_threads(threads)
 
 

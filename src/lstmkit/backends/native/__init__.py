@@ -1,6 +1,7 @@
 """The native backend: the per-step recurrences in C++ (``lstm_native.cpp``), compiled at first use.
 
-The C++ loop calls BLAS directly for the per-step GEMMs and runs the gate math as
+The C++ loop calls BLAS directly for the per-step GEMMs (below a batch size that grows with H,
+its own threaded matrix-vector loops instead, see ``small_batch``) and runs the gate math as
 vectorised loops, so a step costs no tensor creation and no dispatcher round trip; the big
 GEMMs before and after the loop are shared with ``fused`` (see :mod:`lstmkit.backends._bptt`).
 

@@ -82,7 +82,7 @@ void gemm(bool ta, bool tb, int M, int N, int K, const T* A, const T* B, T beta,
 // vectors (GCC/Clang vector extensions: 512-bit, split by the compiler where narrower), and
 // split the rows (forward) or columns (backward) over threads when the product is big enough
 // to pay for waking them. Summation order differs from BLAS; both are exact to rounding.
-int g_small_b = 8;            // cap on the batch that takes these loops (set_tuning)
+int g_small_b = 16;           // cap on the batch that takes these loops (set_tuning)
 int64_t g_par_min = 1 << 16;  // fewest multiply-adds per step worth a parallel_for (H=128, B=1)
 bool g_by_size = true;        // false: every batch up to g_small_b takes them (tests)
 
@@ -222,9 +222,12 @@ void axpy_rows(int n, int M, int N, const T* d, const T* W, T* y, int k0, int k1
 
 // Whether n batch rows against a weight of this many elements take the loops above. They
 // win while reading the weight dominates, which lasts to more rows the bigger it is
-// (measured per step, fp32, 2 threads: H=1024 to B=8, H=256 to B=4, H=64 to B=2).
+// (measured per step, fp32, 2 threads: H=1024 to B=16, H=256 to B=8, H=64 to B=2).
 inline bool small_batch(int n, int64_t weights) {
-  const int by_size = weights >= (1 << 20) ? 8 : weights >= (1 << 16) ? 4 : 2;
+  const int by_size = weights >= (1 << 20)   ? 16
+                      : weights >= (1 << 18) ? 8
+                      : weights >= (1 << 16) ? 4
+                                             : 2;
   const int most = g_by_size ? by_size : g_small_b;
   return n <= std::min(most, g_small_b);
 }
