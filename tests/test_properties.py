@@ -108,3 +108,33 @@ def test_predict_values_parser_returns_floats_or_data_error(raw):
 def test_predict_parser_passes_non_finite_to_the_model_check(raw):
     """float() accepts these; the model-side check (forecast._context) refuses them."""
     assert len(_numbers(raw)) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.text(
+            alphabet=st.sampled_from(list('v,d;"\n\r\t 0123456789.-eEnaif\x00x')), max_size=120
+        ).map(lambda t: t.encode()),
+        st.lists(st.text(max_size=8), min_size=1, max_size=6).map(
+            lambda cells: ("v,d\n" + "\n".join(f"{c},2000-01" for c in cells)).encode()
+        ),
+    ),
+    st.sampled_from(["", "v", "d", "nope"]),
+    st.sampled_from(["", "d"]),
+)
+def test_csv_parser_returns_series_or_data_error(raw, column, date_column):
+    from lstmkit.data.csv import parse
+    from lstmkit.errors import LstmkitError
+
+    try:
+        values, dates, col = parse(raw, "fuzz.csv", column, date_column)
+    except LstmkitError as e:
+        assert "fuzz.csv" in str(e) or "--column" in str(e), str(e)
+        return
+    assert values and all(
+        isinstance(v, float) and v == v and abs(v) != float("inf") for v in values
+    )
+    assert col
+    assert len(dates) == (len(values) if date_column else 0)
