@@ -184,7 +184,12 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, facts).to(device)
     opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
-    opt = opt_cls(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    # fused: one kernel for all parameters instead of ~6 small ops each (a sixth of a small
+    # model's step time on the CPU); torch has it for CPU and CUDA float parameters.
+    fused = device.type in ("cpu", "cuda")
+    opt = opt_cls(
+        model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=fused
+    )
     shard = distributed.shard_size(ctx, len(train_split))  # len(train_split) when alone
     steps_per_epoch = math.ceil(shard / cfg.train.batch_size)
     total = steps_per_epoch * cfg.train.epochs
