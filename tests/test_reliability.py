@@ -133,21 +133,30 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     out = tmp_path / "killed"
     rng = random.Random(1234)
     kills = 0
+    at_kill = []  # the checkpointed epoch after each kill
     cmd = _train_cmd(out)
     while kills < 3:
+        state = out / "train_state.pt"
+        seen = state.stat().st_mtime_ns if state.exists() else None
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Kill only once this process has written a checkpoint of its own, so every kill
+        # lands in the middle of training (not during start-up), at a random moment.
         deadline = time.monotonic() + 60
-        while not (out / "train_state.pt").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.2, 2.0))
+        while time.monotonic() < deadline and proc.poll() is None:
+            if state.exists() and state.stat().st_mtime_ns != seen:
+                break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.4))
         if proc.poll() is not None:
             break  # finished before the kill: resume below must still be exact
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
         load_run(out)  # whatever moment the kill hit, the previous checkpoint loads
+        at_kill.append(load_state(state)["epoch"])
         cmd = [sys.executable, "-m", "lstmkit", "train", "--out", str(out), "--resume"]
     assert kills >= 3, "training finished before three kills: make the run longer"
+    assert at_kill == sorted(at_kill) and 0 < at_kill[-1] < 30, at_kill  # mid-training kills
     subprocess.run(cmd, check=True, env=env, capture_output=True)
     a, b = load_file(ref / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys()
