@@ -21,6 +21,7 @@ from lstmkit.checkpoint import (
     STATE,
     atomic_write,
     build_model,
+    load_run,
     load_state,
     save_run,
     save_state,
@@ -171,9 +172,7 @@ def train(
 
 def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Result:
     work = distributed.on_main(ctx, _prepare_dir, out, resume, overwrite)
-    if resume:
-        from lstmkit.checkpoint import load_run  # the saved config is the one to continue
-
+    if resume:  # the saved config is the one to continue (load_run also checks the run)
         cfg = load_run(out).config
     cfg = tasks.resolve(validate(cfg))  # None fields: the task's defaults, saved resolved
     device = distributed.train_device(ctx, pick_device(cfg.train.device))
