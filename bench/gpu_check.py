@@ -33,17 +33,20 @@ from lstmkit.backends import triton as tb  # noqa: E402
 
 # relative error bounds: fp32 exact math; TF32 (10-bit mantissa) and bf16 (8-bit) inputs to
 # every product, compounded over the recurrence; cuDNN's own error is printed beside ours
-TOL = {"fp32": 1e-4, "tf32": 1e-2, "bf16": 5e-2}
+TOL = {"fp32": 1e-4, "tf32": 1e-2, "bf16": 5e-2, "default": 1e-2}
+# mode -> (dtype, TF32 for matmuls and cuDNN; None = torch's defaults: matmuls without TF32,
+# cuDNN's RNN with it, which lstmkit's triton backend follows as nn.LSTM does)
 MODES = {
     "fp32": (torch.float32, False),
     "tf32": (torch.float32, True),
     "bf16": (torch.bfloat16, False),
+    "default": (torch.float32, None),
 }
 
 
-def set_tf32(on: bool) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = on
-    torch.backends.cudnn.allow_tf32 = on
+def set_tf32(on: bool | None) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = bool(on)
+    torch.backends.cudnn.allow_tf32 = True if on is None else on
 
 
 def sync(dev):
@@ -103,9 +106,12 @@ def check(sizes, modes, dev, log):
             if dev.type == "cuda":
                 ref_c = run_and_grad(cudnn.run, tensors, lens, reverse, cot, dtype)
                 err_cudnn = max(rel(a, b) for a, b in zip(ref_c, want, strict=True))
-            p = tb._plan(B, H, dtype, dev)
-            plan = f"grid {p['grid']} BH {p['BH']} BB {p['BB']} res {int(p['W_RES'])} " + (
-                "stepwise" if p["stepwise"] else ("persistent+sync" if p["SYNC"] else "persistent")
+            prec = tb._precision(dtype, dev)
+            p = tb._plan(B, H, dtype, dev, prec)
+            form = "stepwise" if p["stepwise"] else "persistent+sync" if p["SYNC"] else "persistent"
+            plan = (
+                f"prec {prec} carry {int(p['CARRY'])} grid {p['grid']} BH {p['BH']} "
+                f"BB {p['BB']} BK {p['BK']} res {int(p['W_RES'])} {form}"
             )
             passed = errs[worst] <= TOL[mode]
             ok &= passed
@@ -141,25 +147,34 @@ def tutorial_loop(cell, x, h, c):
     return torch.stack(outs), h, c
 
 
-def timed(fn, dev, target_s=0.12, max_reps=20) -> float:
-    """Median milliseconds of fn() after one warm-up call (which also compiles)."""
+def _time_once(fn, dev) -> float:
+    if dev.type == "cuda":
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        return a.elapsed_time(b)
+    t0 = time.perf_counter()
     fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def timed(fns: dict, dev, target_s=0.5, max_rounds=20, min_rounds=3) -> dict:
+    """Median milliseconds of each fn, the contestants interleaved: one warm-up call each
+    (which also compiles), then rounds that call every fn once, until ``target_s`` has passed
+    (at least ``min_rounds``, at most ``max_rounds``)."""
+    for fn in fns.values():
+        fn()
     sync(dev)
-    times = []
+    times = {k: [] for k in fns}
     t_start = time.perf_counter()
-    while len(times) < max_reps and (len(times) < 3 or time.perf_counter() - t_start < target_s):
-        if dev.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    rounds = 0
+    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - t_start < target_s):
+        for k, fn in fns.items():
+            times[k].append(_time_once(fn, dev))
+        rounds += 1
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench_cell(T, B, H, mode, dev, tutorial=False):
@@ -191,8 +206,9 @@ def bench_cell(T, B, H, mode, dev, tutorial=False):
         torch.autograd.backward([out, h[0], c[0]], cot)
 
     r = dict(T=T, B=B, H=H, mode=mode)
-    r["triton_fwd_ms"], r["cudnn_fwd_ms"] = timed(tri_fwd, dev), timed(cud_fwd, dev)
-    r["triton_fb_ms"], r["cudnn_fb_ms"] = timed(tri_fb, dev), timed(cud_fb, dev)
+    t = timed({"triton_fwd_ms": tri_fwd, "cudnn_fwd_ms": cud_fwd}, dev)
+    t |= timed({"triton_fb_ms": tri_fb, "cudnn_fb_ms": cud_fb}, dev)
+    r.update(t)
     if tutorial:
         cell = TutorialCell(I, H).to(dev, dtype)
 
@@ -203,10 +219,16 @@ def bench_cell(T, B, H, mode, dev, tutorial=False):
         def tut_fb():
             torch.autograd.backward(tutorial_loop(cell, x, h0, c0), cot)
 
-        r["tutorial_fwd_ms"] = timed(tut_fwd, dev, target_s=0, max_reps=3)
-        r["tutorial_fb_ms"] = timed(tut_fb, dev, target_s=0, max_reps=3)
-    p = tb._plan(B, H, dtype, dev)
+        # the tutorial is slow: three rounds, interleaved with triton again
+        t = timed({"tutorial_fwd_ms": tut_fwd, "triton_fwd_ms": tri_fwd}, dev, 0, 3)
+        t2 = timed({"tutorial_fb_ms": tut_fb, "triton_fb_ms": tri_fb}, dev, 0, 3)
+        r["tutorial_fwd_ms"], r["tutorial_fb_ms"] = t["tutorial_fwd_ms"], t2["tutorial_fb_ms"]
+        r["triton_fwd_ms_with_tutorial"] = t["triton_fwd_ms"]
+        r["triton_fb_ms_with_tutorial"] = t2["triton_fb_ms"]
+    prec = tb._precision(dtype, dev)
+    p = tb._plan(B, H, dtype, dev, prec)
     r["plan"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()}
+    r["plan"]["PREC"] = prec
     set_tf32(False)
     return r
 
@@ -245,7 +267,7 @@ def main() -> int:
         sizes = [(4, 3, 4, 8, True, True), (3, 2, 3, 16, False, False)]
         modes = ["fp32"]
         grid = [(H, B, T) for H in (8, 16) for B in (1, 3) for T in (3,)]
-        subsets = {}
+        subsets = {"default": [(16, 3, 3)]}
         tut_cells = {(16, 3, 3)}
     else:
         sizes = [(40, 16, 32, 64, False, False), (30, 3, 16, 128, True, True),
@@ -256,7 +278,7 @@ def main() -> int:
         grid = [(H, B, T) for H in (64, 128, 256, 512, 1024) for B in (1, 16, 64, 256)
                 for T in (100, 1000)]  # fmt: skip
         sub = [(H, B, 1000) for H in (256, 512, 1024) for B in (16, 64)]
-        subsets = {"tf32": sub[:4], "bf16": sub}
+        subsets = {"tf32": sub[:4], "bf16": sub, "default": [(256, 16, 1000)]}
         tut_cells = {(256, 16, 1000), (64, 1, 100), (512, 64, 100)}
     log("\n## Correctness (relative error vs the float64 reference)")
     check_rows, ok = check(sizes, modes, dev, log)
@@ -276,7 +298,8 @@ def main() -> int:
             skipped.append((H, B, T, mode))
             continue
         try:
-            r = bench_cell(T, B, H, mode, dev, tutorial=(mode == "fp32" and (H, B, T) in tut_cells))
+            tut = mode in ("fp32", "default") and (H, B, T) in tut_cells
+            r = bench_cell(T, B, H, mode, dev, tutorial=tut)
         except Exception as e:  # report and go on: one failing size must not hide the rest
             log(f"bench H={H} B={B} T={T} {mode}: {type(e).__name__}: {e}")
             continue
@@ -284,26 +307,35 @@ def main() -> int:
         tri, cud = (f"{r[k + '_fwd_ms']:.3f}/{r[k + '_fb_ms']:.3f} ms" for k in ("triton", "cudnn"))
         print(f"  bench {mode} H={H} B={B} T={T}: triton {tri}, cudnn {cud}", flush=True)
     log(f"\n## Timings on {card} (median ms; ratio = triton / cuDNN, < 1 means triton is faster)")
-    log("fp32 runs with TF32 off unless the mode says tf32; input size = hidden; one layer.\n")
+    log(
+        "fp32: TF32 off for matmuls and cuDNN (triton: 3xTF32 dots); tf32: on for both; "
+        "default: torch's defaults (matmuls without, cuDNN's RNN with TF32; triton follows "
+        "cuDNN's flag); input size = hidden; one layer; contestants interleaved.\n"
+    )
     log(table(results))
     if skipped:
         log(f"\nskipped for the time budget: {skipped}")
-    log("\n## Tutorial loop (Python loop over four nn.Linear on concat(x, h)), fp32")
-    log("| hidden | batch | steps | tutorial fwd ms | triton fwd ms | speedup | "
+    log("\n## Tutorial loop (Python loop over four nn.Linear on concat(x, h))")
+    log("Timed in rounds interleaved with triton (the triton columns here are those rounds').\n")
+    log("| mode | hidden | batch | steps | tutorial fwd ms | triton fwd ms | speedup | "
         "tutorial fwd+bwd ms | triton fwd+bwd ms | speedup |")  # fmt: skip
-    log("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    log("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         if "tutorial_fwd_ms" in r:
-            log(f"| {r['H']} | {r['B']} | {r['T']} | {r['tutorial_fwd_ms']:.2f} | "
-                f"{r['triton_fwd_ms']:.3f} | {r['tutorial_fwd_ms'] / r['triton_fwd_ms']:.1f}x | "
-                f"{r['tutorial_fb_ms']:.2f} | {r['triton_fb_ms']:.3f} | "
-                f"{r['tutorial_fb_ms'] / r['triton_fb_ms']:.1f}x |")  # fmt: skip
-    small = [r for r in results if r["H"] <= 512 and r["mode"] == "fp32"]
-    if small:
-        fwd = max(r["triton_fwd_ms"] / r["cudnn_fwd_ms"] for r in small)
-        fb = max(r["triton_fb_ms"] / r["cudnn_fb_ms"] for r in small)
-        log(f"\nworst fp32 ratio at hidden <= 512: forward {fwd:.2f} (target <= 1.5), "
-            f"forward+backward {fb:.2f} (target <= 2)")  # fmt: skip
+            tf, tfb = r["triton_fwd_ms_with_tutorial"], r["triton_fb_ms_with_tutorial"]
+            log(
+                f"| {r['mode']} | {r['H']} | {r['B']} | {r['T']} | {r['tutorial_fwd_ms']:.2f} | "
+                f"{tf:.3f} | {r['tutorial_fwd_ms'] / tf:.1f}x | "
+                f"{r['tutorial_fb_ms']:.2f} | {tfb:.3f} | {r['tutorial_fb_ms'] / tfb:.1f}x |"
+            )
+    log("")
+    for mode in MODES:
+        small = [r for r in results if r["H"] <= 512 and r["mode"] == mode]
+        if small:
+            fwd = max(r["triton_fwd_ms"] / r["cudnn_fwd_ms"] for r in small)
+            fb = max(r["triton_fb_ms"] / r["cudnn_fb_ms"] for r in small)
+            log(f"worst {mode} ratio at hidden <= 512 ({len(small)} cells): forward {fwd:.2f} "
+                f"(target <= 1.5), forward+backward {fb:.2f} (target <= 2)")  # fmt: skip
     log(f"total {time.perf_counter() - t_start:.0f} s")
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "gpu_results.json"), "w") as f:

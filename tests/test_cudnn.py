@@ -63,13 +63,57 @@ def test_auto_on_cuda_says_why(monkeypatch):
     assert policy_cuda.auto_cuda(_req(dtype=torch.bfloat16, B=256))[0] == "cudnn"
 
 
+_PRECISION_FLAGS = ("backends", "backends.cudnn", "backends.cudnn.rnn", "backends.cudnn.conv")
+
+
+def _obj(path):
+    obj = torch
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _flags():
+    """Every TF32 setting that decides cuDNN's RNN precision, to restore after a test."""
+    new_api = {p: getattr(_obj(p), "fp32_precision", None) for p in _PRECISION_FLAGS}
+    return new_api, torch.backends.cuda.matmul.allow_tf32
+
+
+@pytest.fixture
+def tf32_flags():
+    saved = _flags()
+    yield
+    for p, v in saved[0].items():
+        if v is not None:
+            _obj(p).fp32_precision = v
+    torch.backends.cuda.matmul.allow_tf32 = saved[1]
+    if saved[0]["backends.cudnn.rnn"] is None:  # torch < 2.9: only the legacy flag
+        torch.backends.cudnn.allow_tf32 = True
+    assert _flags() == saved
+
+
+@pytest.mark.usefixtures("tf32_flags")
+def test_tf32_follows_cudnns_rnn_flag_not_the_matmul_flag():
+    # nn.LSTM on CUDA runs cuDNN's RNN, whose TF32 setting is the cuDNN one; the triton
+    # backend does what nn.LSTM would do, whatever torch.backends.cuda.matmul says
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = False
+    assert not tb.tf32_enabled()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = True
+    assert tb.tf32_enabled()
+    rnn = _obj("backends.cudnn.rnn")
+    if getattr(rnn, "fp32_precision", None) is not None:  # torch >= 2.9's per-operator flags
+        rnn.fp32_precision = "ieee"
+        assert not tb.tf32_enabled()
+        rnn.fp32_precision = "tf32"
+        assert tb.tf32_enabled()
+
+
+@pytest.mark.usefixtures("tf32_flags")
 @pytest.mark.parametrize("tf32, want", [(False, "cudnn"), (True, "triton")])
 def test_auto_on_cuda_float32_follows_tf32(tf32, want, monkeypatch):
     monkeypatch.setattr(tb, "_triton_installed", lambda: True)
-    saved = torch.backends.cuda.matmul.allow_tf32  # (a module monkeypatch cannot patch)
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    try:
-        name, why = policy_cuda.auto_cuda(_req(H=512, B=16))
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
+    torch.backends.cudnn.allow_tf32 = tf32
+    name, why = policy_cuda.auto_cuda(_req(H=512, B=16))
     assert name == want and "TF32" in why

@@ -97,6 +97,7 @@ SPLITS = {
     "hidden_and_batch_split": {"BH": 8, "BB": 2},
     "streamed_weights": {"W_RES": False, "BK": 4, "BH": 8},
     "barrier_code": {"sync": True, "BB": 2},
+    "one_program_without_carry": {"carry": False},
 }
 
 
@@ -105,6 +106,37 @@ SPLITS = {
 def test_work_splits(split, reverse, monkeypatch):
     _compare(T=4, B=3, I=2, H=16, reverse=reverse, lengths=True, override=SPLITS[split],
              monkeypatch=monkeypatch)  # fmt: skip
+
+
+def test_one_program_carries_h_in_registers(monkeypatch):
+    # the default plan at the sizes above: all units in one program, state never re-read
+    p = tb._plan(B=3, H=16, dtype=torch.float32, device=torch.device("cpu"))
+    assert p["grid"] == (1, 1) and p["CARRY"]
+    monkeypatch.setattr(tb, "_OVERRIDE", {"carry": False})
+    assert not tb._plan(B=3, H=16, dtype=torch.float32, device=torch.device("cpu"))["CARRY"]
+    monkeypatch.setattr(tb, "_OVERRIDE", {"BH": 8})  # two programs: h must go through memory
+    assert not tb._plan(B=3, H=16, dtype=torch.float32, device=torch.device("cpu"))["CARRY"]
+
+
+@pytest.mark.parametrize(
+    "H, B, dtype, prec, resident",
+    [
+        (64, 16, torch.float32, "tf32x3", True),
+        (128, 16, torch.float32, "tf32x3", False),  # both operands split in two: too big
+        (256, 16, torch.float32, "tf32", True),  # measured on an H100: fine
+        (256, 16, torch.float32, "tf32x3", False),  # measured: spilled, 14x cuDNN's time
+        (512, 16, torch.bfloat16, "ieee", True),
+        (512, 256, torch.bfloat16, "ieee", False),  # 64 batch rows per program
+        (512, 16, torch.float32, "tf32", False),  # 4 x 512 x 16 floats exceed the budget
+    ],
+)
+def test_plan_keeps_weights_on_chip_only_when_the_operand_fits(H, B, dtype, prec, resident):
+    p = tb.plan_split(B, H, dtype, prec, sms=132)  # an H100's SM count
+    assert p["W_RES"] is resident
+    if not resident:  # streamed: K-chunks small enough too, 3xTF32 on 8 warps
+        op = {"tf32x3": 8, "tf32": 4}.get(prec, 2)
+        assert p["BB"] * p["BK"] * op <= 4096 or p["BK"] == 16
+        assert prec != "tf32x3" or p["num_warps"] == 8
 
 
 def test_odd_hidden_size_and_no_bias():

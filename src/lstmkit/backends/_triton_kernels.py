@@ -75,12 +75,27 @@ def _step_barrier(counter_ptr, target, SYNC: tl.constexpr):
 
 
 @triton.jit
+def _load_input_gates(gates, s, T, B, H, rows, cols, m2, REVERSE: tl.constexpr):
+    """The input part of step s's gates (x_t @ W_ih^T + b) for this program: four fp32 tiles."""
+    if REVERSE:  # noqa: SIM108 (a plain if on a constexpr: resolved at compile time)
+        t = T - 1 - s
+    else:
+        t = s
+    gp = gates + t * (B * 4 * H) + rows[:, None] * (4 * H) + cols[None, :]
+    a_i = tl.load(gp, mask=m2, other=0.0).to(tl.float32)
+    a_f = tl.load(gp + H, mask=m2, other=0.0).to(tl.float32)
+    a_g = tl.load(gp + 2 * H, mask=m2, other=0.0).to(tl.float32)
+    a_o = tl.load(gp + 3 * H, mask=m2, other=0.0).to(tl.float32)
+    return a_i, a_f, a_g, a_o
+
+
+@triton.jit
 def lstm_fwd_kernel(
     gates, whh, hs, cs, out, lens, counter,
     T, B, H, s_begin, s_end,
     REVERSE: tl.constexpr, STORE: tl.constexpr, SYNC: tl.constexpr,
     HP: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
-    W_RES: tl.constexpr, PREC: tl.constexpr,
+    W_RES: tl.constexpr, CARRY: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """Steps s_begin .. s_end-1 of the forward recurrence; see the module docstring."""
     pid_h = tl.program_id(0)
@@ -104,24 +119,37 @@ def lstm_fwd_kernel(
         w_g = tl.load(wp + 2 * H * H, mask=wm, other=0.0)
         w_o = tl.load(wp + 3 * H * H, mask=wm, other=0.0)
     c = tl.load(cs + s_begin * step + own, mask=m2, other=0.0)
+    if CARRY:
+        # one program owns every unit (BH == HP): h stays in registers from step to step, and
+        # the input part of the next step's gates is loaded one step ahead
+        h = tl.load(hs + s_begin * step + own, mask=m2, other=0.0).to(tl.float32)
+        nx_i, nx_f, nx_g, nx_o = _load_input_gates(gates, s_begin, T, B, H, rows, cols, m2,
+                                                   REVERSE)  # fmt: skip
     for s in range(s_begin, s_end):
         if REVERSE:  # noqa: SIM108 (a plain if on a constexpr: resolved at compile time)
             t = T - 1 - s
         else:
             t = s
-        # the input part of the gates does not depend on h: load it before waiting for h
         gp = gates + t * (B * G) + rows[:, None] * G + cols[None, :]
-        acc_i = tl.load(gp, mask=m2, other=0.0).to(tl.float32)
-        acc_f = tl.load(gp + H, mask=m2, other=0.0).to(tl.float32)
-        acc_g = tl.load(gp + 2 * H, mask=m2, other=0.0).to(tl.float32)
-        acc_o = tl.load(gp + 3 * H, mask=m2, other=0.0).to(tl.float32)
-        if s > s_begin:  # hs[s] was written inside this launch, partly by other programs
-            _step_barrier(counter + pid_b, (s - s_begin) * nh, SYNC)
         hrow = hs + s * step
+        if CARRY:
+            acc_i, acc_f, acc_g, acc_o = nx_i, nx_f, nx_g, nx_o
+            s_next = tl.minimum(s + 1, s_end - 1)  # the last step reloads itself (unused)
+            nx_i, nx_f, nx_g, nx_o = _load_input_gates(gates, s_next, T, B, H, rows, cols, m2,
+                                                       REVERSE)  # fmt: skip
+        else:
+            # the input part of the gates does not depend on h: load it before waiting for h
+            acc_i, acc_f, acc_g, acc_o = _load_input_gates(gates, s, T, B, H, rows, cols, m2,
+                                                           REVERSE)  # fmt: skip
+            if s > s_begin:  # hs[s] was written inside this launch, partly by other programs
+                _step_barrier(counter + pid_b, (s - s_begin) * nh, SYNC)
         if W_RES:
-            hm = rmask[:, None] & (kk < H)[None, :]
-            hp = tl.load(hrow + rows[:, None] * H + kk[None, :], mask=hm, other=0.0,
-                         cache_modifier=".cg")  # fmt: skip
+            if CARRY:
+                hp = h.to(hs.dtype.element_ty)  # (BB, BH) and BH == HP: the whole previous h
+            else:
+                hm = rmask[:, None] & (kk < H)[None, :]
+                hp = tl.load(hrow + rows[:, None] * H + kk[None, :], mask=hm, other=0.0,
+                             cache_modifier=".cg")  # fmt: skip
             acc_i = tl.dot(hp, w_i, acc_i, input_precision=PREC)
             acc_f = tl.dot(hp, w_f, acc_f, input_precision=PREC)
             acc_g = tl.dot(hp, w_g, acc_g, input_precision=PREC)
@@ -149,9 +177,14 @@ def lstm_fwd_kernel(
         c_new = f * c + i * g
         h_new = o * _tanh(c_new)
         valid = (t < length)[:, None]
-        h_old = tl.load(hrow + own, mask=m2, other=0.0, cache_modifier=".cg")
+        if CARRY:
+            h_old = h
+        else:
+            h_old = tl.load(hrow + own, mask=m2, other=0.0, cache_modifier=".cg").to(tl.float32)
         c = tl.where(valid, c_new, c)  # past its length a sequence keeps its state
-        h_keep = tl.where(valid, h_new, h_old.to(tl.float32))
+        h_keep = tl.where(valid, h_new, h_old)
+        if CARRY:
+            h = h_keep
         tl.store(
             out + t * step + own, tl.where(valid, h_new, 0.0).to(out.dtype.element_ty), mask=m2
         )

@@ -8,6 +8,9 @@ forward+backward, on an H100 (``bench/gpu_results.md``, 1000 steps):
 - float32 with TF32 allowed, hidden 256-512, batch <= 64: 0.4-0.7x.
 - float32 without TF32: cuDNN (Triton's 3xTF32 dots measured 0.9-14x cuDNN's time), and every
   size not measured above: cuDNN, which is the well-known default.
+
+"TF32 allowed" is decided as nn.LSTM's cuDNN path decides it (``triton.tf32_enabled``: the
+cuDNN RNN flag, on by default in torch), so both contestants run the same arithmetic.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ def auto_cuda(req) -> tuple[str, str]:
     size = f"hidden {req.H}, batch {req.B}"
     if req.dtype == torch.bfloat16 and 256 <= req.H <= 1024 and req.B <= 64:
         return "triton", f"cuda: bfloat16 at {size} (triton measured faster on H100)"
-    if req.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+    from lstmkit.backends.triton import tf32_enabled
+
+    if req.dtype == torch.float32 and not tf32_enabled():
         return "cudnn", "cuda: float32 without TF32 (cuDNN measured faster on H100)"
     if req.dtype == torch.float32 and 256 <= req.H <= 512 and req.B <= 64:
         return "triton", f"cuda: float32 with TF32 at {size} (triton measured faster on H100)"

@@ -71,61 +71,112 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-# Tests set this to force a work split: keys BH, BB, BK, W_RES, stepwise, sync.
+# Tests set this to force a work split: keys BH, BB, BK, W_RES, stepwise, sync, carry.
 _OVERRIDE: dict = {}
 
+# Bytes per element of the h (forward) / dgates (backward) operand of tl.dot, by precision:
+# 3xTF32 splits each float32 into a high and a low TF32 part, so it holds two copies.
+_OPERAND_BYTES = {"tf32x3": 8, "tf32": 4, "ieee": 4}
+# The dot's left operand is BB rows of the previous h: all HP columns when the weights are
+# resident, BK columns per chunk when they are streamed. Bounds on its size, in bytes, below
+# which the kernels compiled for sm_90 do not spill registers (bench/gpu_compile_report.py).
+_OPERAND_RESIDENT = 16 * 1024
+_OPERAND_CHUNK = 4 * 1024
 
-def _plan(B: int, H: int, dtype: torch.dtype, device: torch.device) -> dict:
+
+def _plan(B: int, H: int, dtype: torch.dtype, device: torch.device, prec: str = "ieee") -> dict:
+    """The work split for this device (see :func:`plan_split`)."""
+    return plan_split(B, H, dtype, prec, _sm_count(device), interpreted=device.type == "cpu")
+
+
+def plan_split(
+    B: int, H: int, dtype: torch.dtype, prec: str, sms: int, interpreted: bool = False
+) -> dict:
     """Choose the work split. The weight slice of one program (4 x HP x BH) stays on chip
-    when it fits ``_RESIDENT_BYTES``; the persistent form needs every program co-resident."""
+    when it fits ``_RESIDENT_BYTES`` and the dot's left operand, the whole previous h of BB
+    rows, is small enough not to spill (3xTF32 at hidden 256 broke that: it spilled, and ran
+    14x slower than cuDNN on an H100); else weight_hh is streamed in K-chunks of BK. The
+    persistent form needs every program co-resident. One program over all units (NH == 1)
+    keeps h in registers from step to step (``CARRY``)."""
     HP = max(16, _next_pow2(H))
     es = torch.empty(0, dtype=dtype).element_size()
     BH = HP
     while BH > 16 and 4 * HP * BH * es > _RESIDENT_BYTES:
         BH //= 2
     NH = -(-H // BH)
-    sms = _sm_count(device)
     # enough batch rows per program that all programs fit on the SMs at once, at least 16
     # (the smallest tile tl.dot takes on the GPU), at most 128 (register pressure)
     want = -(-B * NH // max(1, sms))
     BB = min(128, max(16, _next_pow2(want), _next_pow2(B) if NH == 1 else 16))
     if NH == 1:  # no barrier between programs: many small independent ones (64 spilled)
         BB = 16
+    op_bytes = _OPERAND_BYTES[prec] if dtype == torch.float32 else es
+    BK = min(64, HP)
+    while BK > 16 and BB * BK * op_bytes > _OPERAND_CHUNK:
+        BK //= 2
     plan = {
         "HP": HP,
         "BH": BH,
         "BB": BB,
-        "BK": min(64, HP),
-        "W_RES": 4 * HP * BH * es <= _RESIDENT_BYTES,
+        "BK": BK,
+        # 3xTF32 splits the resident weights in two parts as well: count its operand twice
+        "W_RES": 4 * HP * BH * es <= _RESIDENT_BYTES
+        and BB * HP * op_bytes * (2 if op_bytes == 8 else 1) <= _OPERAND_RESIDENT,
     }
     plan.update({k: v for k, v in _OVERRIDE.items() if k in plan})
     NH = -(-H // plan["BH"])
     NB = -(-B // plan["BB"])
-    interp = device.type == "cpu"
     # a spinning barrier between programs needs them all running at once: one per SM
-    fits = NH == 1 or (not interp and sms >= NH * NB)
+    fits = NH == 1 or (not interpreted and sms >= NH * NB)
     plan["stepwise"] = _OVERRIDE.get("stepwise", not fits)
     plan["SYNC"] = _OVERRIDE.get("sync", NH > 1 and not plan["stepwise"])
+    # h (forward) and dgates (backward) carried in registers from step to step: possible only
+    # when one program computes all of them and lives for the whole launch
+    can_carry = NH == 1 and plan["W_RES"] and not plan["stepwise"] and not plan["SYNC"]
+    plan["CARRY"] = can_carry and _OVERRIDE.get("carry", True)
     plan["grid"] = (NH, NB)
     # 32-bit registers a program holds: its resident weights plus its largest tile; 8 warps
     # keep the resident weights near 64 registers per thread
     w_regs = 4 * plan["HP"] * plan["BH"] * es // 4 if plan["W_RES"] else 0
     tile = plan["BB"] * max(4 * plan["BH"], plan["HP"] if plan["W_RES"] else plan["BK"])
     plan["num_warps"] = 8 if w_regs + tile >= 8192 else 4
+    if op_bytes == 8 and not plan["W_RES"]:  # streamed 3xTF32 spilled with 4 warps
+        plan["num_warps"] = 8
     return plan
 
 
+def tf32_enabled() -> bool:
+    """Whether float32 recurrences may use TF32, decided as torch.nn.LSTM's cuDNN path decides
+    it: ``torch.backends.cudnn.rnn.fp32_precision`` (torch >= 2.9; "tf32" by default, and
+    "none" when ``torch.backends.cudnn.allow_tf32 = False``), else ``cudnn.allow_tf32``."""
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    prec = getattr(rnn, "fp32_precision", None)
+    if prec is not None:
+        if prec != "none":
+            return prec == "tf32"
+        prec = getattr(torch.backends.cudnn, "fp32_precision", "none")
+        if prec != "none":
+            return prec == "tf32"
+        prec = getattr(torch.backends, "fp32_precision", "none")
+        if prec != "none":
+            return prec == "tf32"
+        # "none" all the way up: the legacy flag decides (it raises only for mixed settings,
+        # which the branches above have already resolved)
+    return bool(torch.backends.cudnn.allow_tf32)
+
+
 def _precision(dtype: torch.dtype, device: torch.device) -> str:
-    """float32 on CUDA: TF32 if torch allows it, else 3xTF32 (each operand split in a TF32
-    high and low part, three products: float32 accuracy on the tensor cores; Triton's exact
-    "ieee" path runs on the FMA units and measured 3-25x slower than cuDNN on an H100)."""
+    """float32 on CUDA: TF32 when nn.LSTM would use it (:func:`tf32_enabled`), else 3xTF32
+    (each operand split in a TF32 high and low part, three products: float32 accuracy on the
+    tensor cores; Triton's exact "ieee" path runs on the FMA units and measured 3-25x slower
+    than cuDNN on an H100)."""
     if dtype != torch.float32 or device.type != "cuda":
         return "ieee"
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
+    return "tf32" if tf32_enabled() else "tf32x3"
 
 
-def _consts(p: dict, prec: str) -> dict:
-    keys = ("HP", "BH", "BB", "BK", "W_RES")
+def _consts(p: dict, prec: str, forward: bool) -> dict:
+    keys = ("HP", "BH", "BB", "BK", "W_RES") + (("CARRY",) if forward else ())
     # num_stages=1: no software pipelining, which could hoist the next step's loads of the
     # shared state above the barrier that makes them valid
     return {**{k: p[k] for k in keys}, "PREC": prec, "num_warps": p["num_warps"], "num_stages": 1}
@@ -135,8 +186,9 @@ def _forward(gates, w_hh, hs, cs, out, lens, reverse, store):
     """Run the recurrence in place on the buffers (shapes in ``_triton_kernels``)."""
     k = _kernels()
     T, B, H = out.shape
-    p = _plan(B, H, gates.dtype, gates.device)
-    c = _consts(p, _precision(gates.dtype, gates.device))
+    prec = _precision(gates.dtype, gates.device)
+    p = _plan(B, H, gates.dtype, gates.device, prec)
+    c = _consts(p, prec, forward=True)
     counter = torch.zeros(p["grid"][1], dtype=torch.int32, device=gates.device)
     spans = [(s, s + 1) for s in range(T)] if p["stepwise"] else [(0, T)]
     for s0, s1 in spans:
@@ -149,8 +201,9 @@ def _forward(gates, w_hh, hs, cs, out, lens, reverse, store):
 def _backward(gates, w_hh, cs, dout, dgates, dh, dc, lens, reverse):
     k = _kernels()
     T, B, H = dout.shape
-    p = _plan(B, H, gates.dtype, gates.device)
-    c = _consts(p, _precision(gates.dtype, gates.device))
+    prec = _precision(gates.dtype, gates.device)
+    p = _plan(B, H, gates.dtype, gates.device, prec)
+    c = _consts(p, prec, forward=False)
     counter = torch.zeros(p["grid"][1], dtype=torch.int32, device=gates.device)
     # s = -1 is the last pass: it only turns dgates of step 0 into the gradient of h0
     spans = [(s, s) for s in range(T - 1, -2, -1)] if p["stepwise"] else [(T - 1, -1)]
