@@ -55,6 +55,9 @@ def main() -> int:
     x = torch.randn(1000, 16, 256, device=device, dtype=torch.bfloat16)
     lstm = lstmkit.LSTM(256, 256).to(device, torch.bfloat16)
     print("auto, bf16 T=1000 B=16 H=256:", lstm.backend_choice(x))
+    torch.backends.cudnn.allow_tf32 = True  # torch's default, as nn.LSTM sees it
+    lstm = lstmkit.LSTM(256, 256).to(device)
+    print("auto, fp32 T=1000 B=16 H=256, torch's TF32 defaults:", lstm.backend_choice(x.float()))
     return 1 if failed else 0
 
 
