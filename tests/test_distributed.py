@@ -46,6 +46,13 @@ def test_alone_every_helper_is_the_identity():
     distributed.teardown(SINGLE)
 
 
+def test_step_seeds_differ_between_ranks_and_steps_and_repeat():
+    seeds = {distributed.step_seed(7, step, rank) for step in range(50) for rank in range(8)}
+    assert len(seeds) == 400  # no two (step, rank) share a stream
+    assert distributed.step_seed(7, 3, 1) == distributed.step_seed(7, 3, 1)  # resume: the same
+    assert distributed.step_seed(7, 3, 1) != distributed.step_seed(8, 3, 1)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -74,6 +81,8 @@ def test_two_cpu_processes_train_one_model(tmp_path):
 
     ranks = [load_file(dump / f"rank{r}.safetensors") for r in (0, 1)]
     assert set(ranks[0]) == set(ranks[1])
+    # each rank draws its own random numbers (dropout masks): one stream per rank
+    assert not torch.equal(ranks[0].pop("rng_probe"), ranks[1].pop("rng_probe"))
     for k in ranks[0]:  # bitwise: DDP averages gradients, every rank takes the same steps
         assert torch.equal(ranks[0][k], ranks[1][k]), k
     assert ranks[0]["val_loss"].numel() == 3

@@ -55,6 +55,17 @@ def test_csv_run_evaluates_a_forecast_and_refuses_a_changed_file(tmp_path, capsy
     # predict reads its context from a file's column of the run
     assert main(["predict", "--run", str(run), "--csv", str(src), "--horizon", "3", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
+    # one-step predictions: the first period (12) has none under seasonal scaling; valid
+    # JSON (null, not NaN) and "-" in text, a number after that
+    values = [str(v) for v in range(100, 114)]
+    assert main(["predict", "--run", str(run), "--json", *values]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    assert pred[:12] == [None] * 12 and all(isinstance(v, float) for v in pred[12:])
+    assert main(["predict", "--run", str(run), *values]) == 0
+    words = capsys.readouterr().out.split()
+    assert words[11] == "-" and float(words[12]) == pytest.approx(pred[12], abs=0.01)
+    assert main(["predict", "--run", str(run), "--horizon", "2", *values[:12]]) == 2
+    assert "needs at least 13 values to forecast, got 12" in capsys.readouterr().err
     src.write_text(src.read_text().replace("432", "433"))
     assert main(["evaluate", "--run", str(run)]) == 2
     assert "changed since training: sha256 was" in capsys.readouterr().err

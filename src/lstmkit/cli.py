@@ -111,7 +111,10 @@ def cmd_predict(args) -> int:
         pred = forecast(run, values, args.horizon)
     else:
         pred = predict_steps(run, values)
-    print(json.dumps(pred) if args.json else " ".join(f"{v:.2f}" for v in pred))
+    # None: no prediction at that step (seasonal scaling, first period): null / "-"
+    print(
+        json.dumps(pred) if args.json else " ".join("-" if v is None else f"{v:.2f}" for v in pred)
+    )
     return 0
 
 

@@ -120,6 +120,15 @@ def wrap(ctx: Context, model: torch.nn.Module, device: torch.device) -> torch.nn
     return DistributedDataParallel(model, device_ids=ids)
 
 
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of the random numbers (dropout) rank ``rank`` draws at training step ``step``.
+
+    One global seed would give every rank the same dropout masks; a seed that is a function
+    of (seed, step, rank) gives each rank its own and lets a resumed run draw the same ones
+    without saving every rank's generator state (only rank 0 writes checkpoints)."""
+    return (seed * 1_000_003 + step) * 1_009 + rank
+
+
 def shard(ctx: Context, order: Tensor) -> Tensor:
     """This rank's part of an epoch's permutation ``order`` (N,), DistributedSampler-style:
     padded by repeating its head to a multiple of the world size, then every world_size-th
@@ -203,5 +212,6 @@ def dump_for_test(ctx: Context, final: dict, best: dict, val_losses: list[float]
     tensors = {f"final.{k}": v.detach().cpu().contiguous() for k, v in final.items()}
     tensors |= {f"best.{k}": v.detach().cpu().contiguous() for k, v in best.items()}
     tensors["val_loss"] = torch.tensor(val_losses, dtype=torch.float64)
+    tensors["rng_probe"] = torch.rand(4)  # what this rank's dropout would draw next
     Path(folder).mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(Path(folder) / f"rank{ctx.rank}.safetensors"))

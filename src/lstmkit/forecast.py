@@ -26,13 +26,30 @@ def _context(run: Run, values) -> torch.Tensor:
     return torch.tensor(vals, dtype=torch.float32).view(1, -1, 1)
 
 
+def _need_defined(run: Run, n: int, what: str) -> None:
+    """Seasonal scaling reads a value one period back: with no step past the first period
+    there is nothing the model was trained to predict from."""
+    if not bool(run.scaler.defined(n).any()):
+        p = run.scaler.period
+        raise DataError(
+            f"this run's seasonal scaling (period {p}) needs at least {p + 1} values to "
+            f"{what}, got {n}"
+        )
+
+
 @torch.no_grad()
-def predict_steps(run: Run, values) -> list[float]:
-    """The one-step prediction after every prefix of ``values`` (the tutorial's output)."""
+def predict_steps(run: Run, values) -> list[float | None]:
+    """The one-step prediction after every prefix of ``values`` (the tutorial's output).
+
+    None where the run's scaling has no prediction: under seasonal scaling the first
+    ``period`` steps, whose inputs would need values from before the first one (training
+    masks those steps out too)."""
     x = _context(run, values)
+    _need_defined(run, x.size(1), "predict")
     xs, _ = run.scaler.encode(x)
-    pred = run.model(xs)
-    return run.scaler.decode(pred, x).view(-1).tolist()
+    pred = run.scaler.decode(run.model(xs), x).view(-1).tolist()
+    ok = run.scaler.defined(x.size(1)).tolist()
+    return [v if good else None for v, good in zip(pred, ok, strict=True)]
 
 
 @torch.no_grad()
@@ -44,6 +61,7 @@ def forecast(run: Run, values, horizon: int) -> list[float]:
     if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
         raise DataError(f"horizon must be an integer >= 1, got {horizon!r}")
     x = _context(run, values)
+    _need_defined(run, x.size(1), "forecast")
     window = run.config.data.length
     for _ in range(horizon):
         ctx = x[:, -window:]

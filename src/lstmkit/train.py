@@ -243,6 +243,8 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
             order = distributed.shard(ctx, order)  # this rank's part; all of it when alone
             running = 0.0
             for i in range(steps_per_epoch):
+                if ctx.world_size > 1:  # dropout masks differ between ranks, and resume alike
+                    torch.manual_seed(distributed.step_seed(cfg.train.seed, step, ctx.rank))
                 idx = order[i * cfg.train.batch_size : (i + 1) * cfg.train.batch_size]
                 x, y, m = (
                     t[idx].to(device) for t in (train_split.x, train_split.y, train_split.mask)
