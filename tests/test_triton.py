@@ -139,6 +139,25 @@ def test_plan_keeps_weights_on_chip_only_when_the_operand_fits(H, B, dtype, prec
         assert prec != "tf32x3" or p["num_warps"] == 8
 
 
+def test_a_broken_barrier_gives_nan_not_silently_wrong_numbers(monkeypatch):
+    # Two programs share each step's h, but the interpreter runs them one after the other:
+    # exactly what happens on a GPU that does not run the whole grid at once. The first
+    # program's barrier times out; every result from then on must be NaN, forward and back.
+    monkeypatch.setattr(kernels, "SPIN_LIMIT", 3)
+    monkeypatch.setattr(tb, "_OVERRIDE", {"BH": 8, "sync": True, "stepwise": False})
+    p = tb._plan(B=3, H=16, dtype=torch.float32, device=torch.device("cpu"))
+    assert p["grid"] == (2, 1) and p["SYNC"] and not p["stepwise"]
+    x, h0, c0, w, _ = _case(T=4, B=3, I=2, H=16)
+    out, h_n, c_n = tb.run(x, h0, c0, *w, None, None, False)
+    assert torch.isfinite(out[0]).all()  # step 0 reads only h0: no barrier before it
+    assert out[1:].isnan().all() and h_n.isnan().all() and c_n.isnan().all()
+    monkeypatch.setattr(tb, "_OVERRIDE", {"BH": 8})  # a forward that works, stepwise
+    out, h_n, c_n = tb.run(x, h0, c0, *w, None, None, False)
+    monkeypatch.setattr(tb, "_OVERRIDE", {"BH": 8, "sync": True, "stepwise": False})
+    grads = torch.autograd.grad((out.sum(), h_n.sum()), [x, w[1]])
+    assert all(g.isnan().any() for g in grads)
+
+
 def test_odd_hidden_size_and_no_bias():
     _compare(T=4, B=2, I=3, H=6, reverse=True, lengths=True, bias=False)
 

@@ -19,6 +19,9 @@ resetting inside a launch). A spinning barrier is correct only if all NH program
 so the host launches the persistent form only when the grid fits on the GPU's SMs (one
 program per SM) and otherwise, or in the interpreter (which runs programs one after another),
 launches one step at a time with ``SYNC=False``: the launch boundary is then the barrier.
+Should the GPU still not run them all at once (other work holding SMs for seconds), a
+barrier gives up after ``SPIN_LIMIT`` polls, marks the counter broken, and every program
+that meets the mark writes NaN from that step on: a loud failure, never a silent wrong one.
 
 Buffers (time-major; s is the processing index, t = s forward, T-1-s reverse):
     gates   (T, B, 4H)  in: x @ W_ih^T + b;  out (if STORE): activations i, f, g, o
@@ -59,8 +62,11 @@ def _tanh(x):
 def _step_barrier(counter_ptr, target, SYNC: tl.constexpr):
     """Wait until every program sharing ``counter_ptr`` has finished the previous step.
 
-    Without SYNC (one program per batch block) only this program's threads need to agree."""
+    Without SYNC (one program per batch block) only this program's threads need to agree.
+    Returns 1 (int32) if the barrier is broken: a program never arrived, so the shared state
+    this step reads is not all written; the caller then poisons its results with NaN."""
     tl.debug_barrier()  # all threads' stores of this program precede the release below
+    broken = tl.full((), 0, tl.int32)
     if SYNC:
         tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
         n = tl.full((), 0, tl.int32)
@@ -68,10 +74,13 @@ def _step_barrier(counter_ptr, target, SYNC: tl.constexpr):
             n += 1
         if n >= SPIN_LIMIT:
             # a program never arrived (the grid was not co-resident): open every later
-            # barrier of this launch too, so the results are wrong instead of the GPU hung
+            # barrier of this launch too, so that the GPU is not hung, and mark the counter
+            # so that every program (this one, and those that see the mark) poisons its state
             tl.atomic_add(counter_ptr, BARRIER_BROKEN, sem="relaxed", scope="gpu")
-        tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")  # order the loads after it
+        seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")  # order loads after it
+        broken = (seen >= BARRIER_BROKEN).to(tl.int32)
         tl.debug_barrier()
+    return broken
 
 
 @triton.jit
@@ -119,6 +128,7 @@ def lstm_fwd_kernel(
         w_g = tl.load(wp + 2 * H * H, mask=wm, other=0.0)
         w_o = tl.load(wp + 3 * H * H, mask=wm, other=0.0)
     c = tl.load(cs + s_begin * step + own, mask=m2, other=0.0)
+    broken = tl.full((), 0, tl.int32)  # a broken barrier: results are NaN from then on
     if CARRY:
         # one program owns every unit (BH == HP): h stays in registers from step to step, and
         # the input part of the next step's gates is loaded one step ahead
@@ -142,7 +152,7 @@ def lstm_fwd_kernel(
             acc_i, acc_f, acc_g, acc_o = _load_input_gates(gates, s, T, B, H, rows, cols, m2,
                                                            REVERSE)  # fmt: skip
             if s > s_begin:  # hs[s] was written inside this launch, partly by other programs
-                _step_barrier(counter + pid_b, (s - s_begin) * nh, SYNC)
+                broken |= _step_barrier(counter + pid_b, (s - s_begin) * nh, SYNC)
         if W_RES:
             if CARRY:
                 hp = h.to(hs.dtype.element_ty)  # (BB, BH) and BH == HP: the whole previous h
@@ -176,6 +186,9 @@ def lstm_fwd_kernel(
         o = _sigmoid(acc_o)
         c_new = f * c + i * g
         h_new = o * _tanh(c_new)
+        if SYNC:
+            c_new = tl.where(broken != 0, float("nan"), c_new)
+            h_new = tl.where(broken != 0, float("nan"), h_new)
         valid = (t < length)[:, None]
         if CARRY:
             h_old = h
@@ -242,12 +255,13 @@ def lstm_bwd_kernel(
         v_o = tl.load(wp + 3 * H * H, mask=wm, other=0.0)
     gh = tl.load(dh + own, mask=m2, other=0.0)  # grad w.r.t. the state h after step s
     gc = tl.load(dc + own, mask=m2, other=0.0)  # grad w.r.t. the state c after step s
+    broken = tl.full((), 0, tl.int32)  # a broken barrier: results are NaN from then on
     for it in range(0, s_hi - s_lo + 1):
         s = s_hi - it
         if s < T - 1:
             # gh: grad w.r.t. h after step s+1 -> after step s, through W_hh and dgates[s+1]
             if it > 0:  # dgates of step s+1 were written inside this launch
-                _step_barrier(counter + pid_b, it * nh, SYNC)
+                broken |= _step_barrier(counter + pid_b, it * nh, SYNC)
             if REVERSE:  # noqa: SIM108 (a plain if on a constexpr: resolved at compile time)
                 t1 = T - 2 - s
             else:
@@ -275,6 +289,9 @@ def lstm_bwd_kernel(
                     w = tl.load(wp + 3 * H * H, mask=wm, other=0.0)
                     rec = tl.dot(d_o, w, rec, input_precision=PREC)
             gh = tl.where((t1 < length)[:, None], rec, gh)  # a skipped step passes gh through
+            if SYNC:
+                gh = tl.where(broken != 0, float("nan"), gh)
+                gc = tl.where(broken != 0, float("nan"), gc)
         if s >= 0:
             if REVERSE:  # noqa: SIM108 (a plain if on a constexpr: resolved at compile time)
                 t = T - 1 - s
