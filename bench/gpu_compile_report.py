@@ -72,9 +72,9 @@ def compile_kernel(which: str, plan: dict, dtype, prec: str, arch: int, kernels=
     names = _FWD_ARGS if which == "fwd" else _BWD_ARGS
     consts = {"REVERSE": False, "SYNC": plan["SYNC"], "HP": plan["HP"], "BH": plan["BH"],
               "BB": plan["BB"], "BK": plan["BK"], "W_RES": plan["W_RES"],
-              "PREC": prec}  # fmt: skip
+              "CARRY": plan["CARRY"], "PREC": prec}  # fmt: skip
     if which == "fwd":
-        consts |= {"STORE": True, "CARRY": plan["CARRY"]}
+        consts["STORE"] = True
     sig = _signature(names, dtype) | {c: "constexpr" for c in consts}
     src = ASTSource(fn, sig, constexprs=consts)
     opts = {"num_warps": plan["num_warps"], "num_stages": 1}

@@ -225,14 +225,51 @@ def _load_dgates(dgates, t, B, H, rows, rmask, k0, KB: tl.constexpr):
 
 
 @triton.jit
+def _step_dgates(gates, cs, dout, dgates, s, T, B, H, rows, cols, m2, own, length, gh, gc,
+                 REVERSE: tl.constexpr):  # fmt: skip
+    """Step s of backprop through the cell: stores dgates[t] and returns its four tiles
+    (fp32), the validity mask of the step, and the gradient w.r.t. c before the step."""
+    if REVERSE:  # noqa: SIM108 (a plain if on a constexpr: resolved at compile time)
+        t = T - 1 - s
+    else:
+        t = s
+    step = B * H
+    G = 4 * H
+    valid = (t < length)[:, None]
+    go = gh + tl.load(dout + t * step + own, mask=m2 & valid, other=0.0).to(tl.float32)
+    gp = gates + t * (B * G) + rows[:, None] * G + cols[None, :]
+    i = tl.load(gp, mask=m2, other=0.0).to(tl.float32)
+    f = tl.load(gp + H, mask=m2, other=0.0).to(tl.float32)
+    g = tl.load(gp + 2 * H, mask=m2, other=0.0).to(tl.float32)
+    o = tl.load(gp + 3 * H, mask=m2, other=0.0).to(tl.float32)
+    c_prev = tl.load(cs + s * step + own, mask=m2, other=0.0)
+    tc = _tanh(tl.load(cs + (s + 1) * step + own, mask=m2, other=0.0))
+    dct = gc + go * o * (1.0 - tc * tc)
+    dpi = tl.where(valid, dct * g * i * (1.0 - i), 0.0)
+    dpf = tl.where(valid, dct * c_prev * f * (1.0 - f), 0.0)
+    dpg = tl.where(valid, dct * i * (1.0 - g * g), 0.0)
+    dpo = tl.where(valid, go * tc * o * (1.0 - o), 0.0)
+    ty = dgates.dtype.element_ty
+    dp = dgates + t * (B * G) + rows[:, None] * G + cols[None, :]
+    tl.store(dp, dpi.to(ty), mask=m2)
+    tl.store(dp + H, dpf.to(ty), mask=m2)
+    tl.store(dp + 2 * H, dpg.to(ty), mask=m2)
+    tl.store(dp + 3 * H, dpo.to(ty), mask=m2)
+    return dpi, dpf, dpg, dpo, valid, tl.where(valid, dct * f, gc)
+
+
+@triton.jit
 def lstm_bwd_kernel(
     gates, whh, cs, dout, dgates, dh, dc, lens, counter,
     T, B, H, s_hi, s_lo,
     REVERSE: tl.constexpr, SYNC: tl.constexpr,
     HP: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
-    W_RES: tl.constexpr, PREC: tl.constexpr,
+    W_RES: tl.constexpr, CARRY: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    """Steps s_hi down to s_lo of backprop through time (s = -1: only dh0 from dgates[s=0])."""
+    """Steps s_hi down to s_lo of backprop through time (s = -1: only dh0 from dgates[s=0]).
+
+    With CARRY (one program owns every unit, all steps in one launch: s_lo = -1) step s's
+    dgates @ W_hh goes into gh at the end of step s, in registers, not through memory."""
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
     nh = tl.num_programs(0)
@@ -241,8 +278,6 @@ def lstm_bwd_kernel(
     rmask = rows < B
     m2 = rmask[:, None] & (cols < H)[None, :]
     own = rows[:, None] * H + cols[None, :]
-    G = 4 * H
-    step = B * H
     length = tl.load(lens + rows, mask=rmask, other=0)
     kk = tl.arange(0, HP)
     if W_RES:
@@ -255,68 +290,60 @@ def lstm_bwd_kernel(
         v_o = tl.load(wp + 3 * H * H, mask=wm, other=0.0)
     gh = tl.load(dh + own, mask=m2, other=0.0)  # grad w.r.t. the state h after step s
     gc = tl.load(dc + own, mask=m2, other=0.0)  # grad w.r.t. the state c after step s
-    broken = tl.full((), 0, tl.int32)  # a broken barrier: results are NaN from then on
-    for it in range(0, s_hi - s_lo + 1):
-        s = s_hi - it
-        if s < T - 1:
-            # gh: grad w.r.t. h after step s+1 -> after step s, through W_hh and dgates[s+1]
-            if it > 0:  # dgates of step s+1 were written inside this launch
-                broken |= _step_barrier(counter + pid_b, it * nh, SYNC)
-            if REVERSE:  # noqa: SIM108 (a plain if on a constexpr: resolved at compile time)
-                t1 = T - 2 - s
-            else:
-                t1 = s + 1
-            # tl.full, not tl.zeros: triton's own jit helpers are not interpretable when
-            # triton was imported before TRITON_INTERPRET was set
-            rec = tl.full((BB, BH), 0.0, tl.float32)
-            if W_RES:
-                d_i, d_f, d_g, d_o = _load_dgates(dgates, t1, B, H, rows, rmask, 0, HP)
-                rec = tl.dot(d_i, v_i, rec, input_precision=PREC)
-                rec = tl.dot(d_f, v_f, rec, input_precision=PREC)
-                rec = tl.dot(d_g, v_g, rec, input_precision=PREC)
-                rec = tl.dot(d_o, v_o, rec, input_precision=PREC)
-            else:
-                for k0 in range(0, H, BK):
-                    d_i, d_f, d_g, d_o = _load_dgates(dgates, t1, B, H, rows, rmask, k0, BK)
-                    kb = k0 + tl.arange(0, BK)
-                    wp = whh + kb[:, None] * H + cols[None, :]
-                    wm = (kb < H)[:, None] & (cols < H)[None, :]
-                    rec = tl.dot(d_i, tl.load(wp, mask=wm, other=0.0), rec, input_precision=PREC)
-                    w = tl.load(wp + H * H, mask=wm, other=0.0)
-                    rec = tl.dot(d_f, w, rec, input_precision=PREC)
-                    w = tl.load(wp + 2 * H * H, mask=wm, other=0.0)
-                    rec = tl.dot(d_g, w, rec, input_precision=PREC)
-                    w = tl.load(wp + 3 * H * H, mask=wm, other=0.0)
-                    rec = tl.dot(d_o, w, rec, input_precision=PREC)
-            gh = tl.where((t1 < length)[:, None], rec, gh)  # a skipped step passes gh through
-            if SYNC:
-                gh = tl.where(broken != 0, float("nan"), gh)
-                gc = tl.where(broken != 0, float("nan"), gc)
-        if s >= 0:
-            if REVERSE:  # noqa: SIM108 (a plain if on a constexpr: resolved at compile time)
-                t = T - 1 - s
-            else:
-                t = s
-            valid = (t < length)[:, None]
-            go = gh + tl.load(dout + t * step + own, mask=m2 & valid, other=0.0).to(tl.float32)
-            gp = gates + t * (B * G) + rows[:, None] * G + cols[None, :]
-            i = tl.load(gp, mask=m2, other=0.0).to(tl.float32)
-            f = tl.load(gp + H, mask=m2, other=0.0).to(tl.float32)
-            g = tl.load(gp + 2 * H, mask=m2, other=0.0).to(tl.float32)
-            o = tl.load(gp + 3 * H, mask=m2, other=0.0).to(tl.float32)
-            c_prev = tl.load(cs + s * step + own, mask=m2, other=0.0)
-            tc = _tanh(tl.load(cs + (s + 1) * step + own, mask=m2, other=0.0))
-            dct = gc + go * o * (1.0 - tc * tc)
-            dpi = tl.where(valid, dct * g * i * (1.0 - i), 0.0)
-            dpf = tl.where(valid, dct * c_prev * f * (1.0 - f), 0.0)
-            dpg = tl.where(valid, dct * i * (1.0 - g * g), 0.0)
-            dpo = tl.where(valid, go * tc * o * (1.0 - o), 0.0)
-            ty = dgates.dtype.element_ty
-            dp = dgates + t * (B * G) + rows[:, None] * G + cols[None, :]
-            tl.store(dp, dpi.to(ty), mask=m2)
-            tl.store(dp + H, dpf.to(ty), mask=m2)
-            tl.store(dp + 2 * H, dpg.to(ty), mask=m2)
-            tl.store(dp + 3 * H, dpo.to(ty), mask=m2)
-            gc = tl.where(valid, dct * f, gc)
+    if CARRY:  # no barrier and no branch in the loop: step s, then its share of gh
+        ty = dgates.dtype.element_ty
+        for it in range(0, s_hi + 1):
+            dpi, dpf, dpg, dpo, valid, gc = _step_dgates(
+                gates, cs, dout, dgates, s_hi - it, T, B, H, rows, cols, m2, own, length,
+                gh, gc, REVERSE,
+            )  # fmt: skip
+            rec = tl.dot(dpi.to(ty), v_i, input_precision=PREC)
+            rec = tl.dot(dpf.to(ty), v_f, rec, input_precision=PREC)
+            rec = tl.dot(dpg.to(ty), v_g, rec, input_precision=PREC)
+            rec = tl.dot(dpo.to(ty), v_o, rec, input_precision=PREC)
+            gh = tl.where(valid, rec, gh)  # a skipped step passes gh through
+    else:
+        broken = tl.full((), 0, tl.int32)  # a broken barrier: results are NaN from then on
+        for it in range(0, s_hi - s_lo + 1):
+            s = s_hi - it
+            if s < T - 1:
+                # gh: grad w.r.t. h after step s+1 -> after step s, through W_hh and dgates[s+1]
+                if it > 0:  # dgates of step s+1 were written inside this launch
+                    broken |= _step_barrier(counter + pid_b, it * nh, SYNC)
+                if REVERSE:  # noqa: SIM108 (a plain if on a constexpr: resolved at compile time)
+                    t1 = T - 2 - s
+                else:
+                    t1 = s + 1
+                # tl.full, not tl.zeros: triton's own jit helpers are not interpretable when
+                # triton was imported before TRITON_INTERPRET was set
+                rec = tl.full((BB, BH), 0.0, tl.float32)
+                if W_RES:
+                    d_i, d_f, d_g, d_o = _load_dgates(dgates, t1, B, H, rows, rmask, 0, HP)
+                    rec = tl.dot(d_i, v_i, rec, input_precision=PREC)
+                    rec = tl.dot(d_f, v_f, rec, input_precision=PREC)
+                    rec = tl.dot(d_g, v_g, rec, input_precision=PREC)
+                    rec = tl.dot(d_o, v_o, rec, input_precision=PREC)
+                else:
+                    for k0 in range(0, H, BK):
+                        d_i, d_f, d_g, d_o = _load_dgates(dgates, t1, B, H, rows, rmask, k0, BK)
+                        kb = k0 + tl.arange(0, BK)
+                        wp = whh + kb[:, None] * H + cols[None, :]
+                        wm = (kb < H)[:, None] & (cols < H)[None, :]
+                        rec = tl.dot(
+                            d_i, tl.load(wp, mask=wm, other=0.0), rec, input_precision=PREC
+                        )
+                        w = tl.load(wp + H * H, mask=wm, other=0.0)
+                        rec = tl.dot(d_f, w, rec, input_precision=PREC)
+                        w = tl.load(wp + 2 * H * H, mask=wm, other=0.0)
+                        rec = tl.dot(d_g, w, rec, input_precision=PREC)
+                        w = tl.load(wp + 3 * H * H, mask=wm, other=0.0)
+                        rec = tl.dot(d_o, w, rec, input_precision=PREC)
+                gh = tl.where((t1 < length)[:, None], rec, gh)  # a skipped step passes gh through
+                if SYNC:
+                    gh = tl.where(broken != 0, float("nan"), gh)
+                    gc = tl.where(broken != 0, float("nan"), gc)
+            if s >= 0:
+                _, _, _, _, _, gc = _step_dgates(gates, cs, dout, dgates, s, T, B, H, rows, cols,
+                                                 m2, own, length, gh, gc, REVERSE)  # fmt: skip
     tl.store(dh + own, gh, mask=m2)
     tl.store(dc + own, gc, mask=m2)

@@ -176,7 +176,7 @@ def _precision(dtype: torch.dtype, device: torch.device) -> str:
 
 
 def _consts(p: dict, prec: str, forward: bool) -> dict:
-    keys = ("HP", "BH", "BB", "BK", "W_RES") + (("CARRY",) if forward else ())
+    keys = ("HP", "BH", "BB", "BK", "W_RES", "CARRY")
     # num_stages=1: no software pipelining, which could hoist the next step's loads of the
     # shared state above the barrier that makes them valid
     return {**{k: p[k] for k in keys}, "PREC": prec, "num_warps": p["num_warps"], "num_stages": 1}
