@@ -175,7 +175,7 @@ def _precision(dtype: torch.dtype, device: torch.device) -> str:
     return "tf32" if tf32_enabled() else "tf32x3"
 
 
-def _consts(p: dict, prec: str, forward: bool) -> dict:
+def _consts(p: dict, prec: str) -> dict:
     keys = ("HP", "BH", "BB", "BK", "W_RES", "CARRY")
     # num_stages=1: no software pipelining, which could hoist the next step's loads of the
     # shared state above the barrier that makes them valid
@@ -188,7 +188,7 @@ def _forward(gates, w_hh, hs, cs, out, lens, reverse, store):
     T, B, H = out.shape
     prec = _precision(gates.dtype, gates.device)
     p = _plan(B, H, gates.dtype, gates.device, prec)
-    c = _consts(p, prec, forward=True)
+    c = _consts(p, prec)
     counter = torch.zeros(p["grid"][1], dtype=torch.int32, device=gates.device)
     spans = [(s, s + 1) for s in range(T)] if p["stepwise"] else [(0, T)]
     for s0, s1 in spans:
@@ -203,7 +203,7 @@ def _backward(gates, w_hh, cs, dout, dgates, dh, dc, lens, reverse):
     T, B, H = dout.shape
     prec = _precision(gates.dtype, gates.device)
     p = _plan(B, H, gates.dtype, gates.device, prec)
-    c = _consts(p, prec, forward=False)
+    c = _consts(p, prec)
     counter = torch.zeros(p["grid"][1], dtype=torch.int32, device=gates.device)
     # s = -1 is the last pass: it only turns dgates of step 0 into the gradient of h0
     spans = [(s, s) for s in range(T - 1, -2, -1)] if p["stepwise"] else [(T - 1, -1)]
