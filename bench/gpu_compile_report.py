@@ -3,6 +3,7 @@ memory per work split: the CPU-side check of what the persistent kernels cost on
 
     python bench/gpu_compile_report.py                # the gpu_check grid, H100 (sm_90, 132 SMs)
     python bench/gpu_compile_report.py --hidden 256 --batch 16 --mode fp32
+    python bench/gpu_compile_report.py --arch 89 --sms 58    # an L4 (99 KB shared per block)
 
 Each (hidden, batch, mode) gets the plan ``lstmkit.backends.triton`` would choose on that
 GPU; the forward and backward kernels are compiled by Triton for the target and assembled by
@@ -82,7 +83,8 @@ def compile_kernel(which: str, plan: dict, dtype, prec: str, arch: int, kernels=
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(ck.asm["ptx"])
     try:
-        r = subprocess.run([_ptxas(), f"-arch=sm_{arch}a", "-v", f.name, "-o", os.devnull],
+        sm = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"  # Triton targets 90a on Hopper
+        r = subprocess.run([_ptxas(), f"-arch={sm}", "-v", f.name, "-o", os.devnull],
                            capture_output=True, text=True, check=True)  # fmt: skip
     finally:
         os.unlink(f.name)
@@ -93,7 +95,13 @@ def compile_kernel(which: str, plan: dict, dtype, prec: str, arch: int, kernels=
             "shared": ck.metadata.shared}  # fmt: skip
 
 
-def report(hidden, batch, modes, arch, sms, log=print) -> list[dict]:
+# shared memory one block may opt in to, by compute capability (KB): A100, A10/RTX 30xx,
+# L4/L40/RTX 40xx, H100
+SMEM_KB = {80: 163, 86: 99, 89: 99, 90: 227}
+
+
+def report(hidden, batch, modes, arch, sms, smem_kb=None, log=print) -> list[dict]:
+    smem = (smem_kb or SMEM_KB.get(arch, 99)) * 1024
     rows = []
     log("| mode | hidden | batch | grid | BH | BB | resident | carry | warps | "
         "fwd regs | fwd spill B | bwd regs | bwd spill B | smem KB |")  # fmt: skip
@@ -102,14 +110,17 @@ def report(hidden, batch, modes, arch, sms, log=print) -> list[dict]:
         dtype, prec = MODES[mode]
         for H in hidden:
             for B in batch:
-                p = tb.plan_split(B, H, dtype, prec, sms)
+                p = tb.plan_split(B, H, dtype, prec, sms, smem=smem)
                 f = compile_kernel("fwd", p, dtype, prec, arch)
                 b = compile_kernel("bwd", p, dtype, prec, arch)
-                rows.append(dict(mode=mode, H=H, B=B, plan=p, fwd=f, bwd=b))
+                shared = max(f["shared"], b["shared"])
+                r_fits = shared <= smem
+                mark = "" if r_fits else " (!)"
+                rows.append(dict(mode=mode, H=H, B=B, plan=p, fwd=f, bwd=b, fits=r_fits))
                 log(f"| {mode} | {H} | {B} | {p['grid']} | {p['BH']} | {p['BB']} | "
                     f"{'yes' if p['W_RES'] else 'no'} | {'yes' if p['CARRY'] else 'no'} | "
                     f"{p['num_warps']} | {f['regs']} | {f['spill_store']} | {b['regs']} | "
-                    f"{b['spill_store']} | {max(f['shared'], b['shared']) // 1024} |")  # fmt: skip
+                    f"{b['spill_store']} | {shared // 1024}{mark} |")  # fmt: skip
     return rows
 
 
@@ -120,13 +131,18 @@ def main() -> int:
     ap.add_argument("--mode", nargs="+", choices=list(MODES), default=list(MODES))
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (H100: 90)")
     ap.add_argument("--sms", type=int, default=132, help="SM count (H100 SXM: 132)")
+    ap.add_argument("--smem", type=int, default=None,
+                    help=f"shared memory per block, KB (default by arch: {SMEM_KB})")  # fmt: skip
     args = ap.parse_args()
     print(f"# Triton kernels compiled for sm_{args.arch} ({args.sms} SMs), triton "
           f"{triton.__version__}; spill B = bytes of spill stores per thread\n")  # fmt: skip
-    rows = report(args.hidden, args.batch, args.mode, args.arch, args.sms)
+    rows = report(args.hidden, args.batch, args.mode, args.arch, args.sms, args.smem)
     spilled = [r for r in rows if r["fwd"]["spill_store"] or r["bwd"]["spill_store"]]
-    print(f"\n{len(spilled)} of {len(rows)} plans spill registers")
-    return 0
+    worst = max((max(r["fwd"]["spill_store"], r["bwd"]["spill_store"]) for r in rows), default=0)
+    too_big = [r for r in rows if not r["fits"]]
+    print(f"\n{len(spilled)} of {len(rows)} plans spill registers (at most {worst} B per thread); "
+          f"{len(too_big)} need more shared memory than the card has (!)")  # fmt: skip
+    return 1 if too_big else 0
 
 
 if __name__ == "__main__":

@@ -158,6 +158,71 @@ def test_a_broken_barrier_gives_nan_not_silently_wrong_numbers(monkeypatch):
     assert all(g.isnan().any() for g in grads)
 
 
+def test_plans_respect_the_shared_memory_of_the_card():
+    small = 99 * 1024  # sm_86 / sm_89 cards
+    cases = [(64, torch.float32, "tf32x3"), (256, torch.float32, "tf32"),
+             (512, torch.bfloat16, "ieee"), (1024, torch.bfloat16, "ieee")]  # fmt: skip
+    for H, dtype, prec in cases:
+        p = tb.plan_split(16, H, dtype, prec, sms=58, smem=small)
+        es = torch.empty(0, dtype=dtype).element_size()
+        if p["W_RES"]:  # resident weights need up to twice their bytes + 8 KB
+            assert 2 * 4 * p["HP"] * p["BH"] * es + 8 * 1024 <= small
+    assert not tb.plan_split(16, 512, torch.bfloat16, "ieee", 58, smem=small)["W_RES"]
+    assert tb.plan_split(16, 512, torch.bfloat16, "ieee", 132)["W_RES"]  # an H100 keeps them
+    assert not tb.plan_split(16, 64, torch.float32, "tf32", 132, stream=True)["W_RES"]
+
+
+class _RefusesResident:
+    """A kernel handle that raises Triton's OutOfResources for resident-weight launches, as a
+    GPU with less shared memory than planned does before running anything."""
+
+    def __init__(self, kernel):
+        self.kernel, self.refused = kernel, 0
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            if kw["W_RES"]:
+                from triton.runtime.errors import OutOfResources
+
+                self.refused += 1
+                raise OutOfResources(139264, 101376, "shared memory")
+            return self.kernel[grid](*args, **kw)
+
+        return launch
+
+
+def test_a_refused_launch_is_planned_again_with_streamed_weights(monkeypatch):
+    fwd, bwd = _RefusesResident(kernels.lstm_fwd_kernel), _RefusesResident(kernels.lstm_bwd_kernel)
+    monkeypatch.setattr(kernels, "lstm_fwd_kernel", fwd)
+    monkeypatch.setattr(kernels, "lstm_bwd_kernel", bwd)
+    monkeypatch.setattr(tb, "_STREAMED", set())
+    _compare(T=4, B=3, I=2, H=16, reverse=True, lengths=True)  # right answers all the same
+    # refused once, then remembered for this shape: the backward plans streamed weights
+    assert fwd.refused == 1 and bwd.refused == 0
+    assert tb._plan(3, 16, torch.float32, torch.device("cpu"), "ieee")["W_RES"] is False
+    _compare(T=3, B=2, I=2, H=16, reverse=False, lengths=False)
+    assert fwd.refused == 1 and bwd.refused == 0
+    monkeypatch.setattr(tb, "_STREAMED", set())  # the backward alone refused: the same
+    bwd.refused = 0
+    monkeypatch.setattr(kernels, "lstm_fwd_kernel", fwd.kernel)
+    _compare(T=3, B=2, I=2, H=16, reverse=False, lengths=True)
+    assert bwd.refused == 1
+
+
+def test_other_launch_errors_are_not_swallowed(monkeypatch):
+    class Broken:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                raise RuntimeError("an unrelated failure")
+
+            return launch
+
+    monkeypatch.setattr(kernels, "lstm_fwd_kernel", Broken())
+    x, h0, c0, w, _ = _case(3, 2, 3, 8)
+    with pytest.raises(RuntimeError, match="unrelated"):
+        tb.run(x, h0, c0, *w, None, None, False)
+
+
 def test_odd_hidden_size_and_no_bias():
     _compare(T=4, B=2, I=3, H=6, reverse=True, lengths=True, bias=False)
 

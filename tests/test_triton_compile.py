@@ -74,6 +74,26 @@ def test_plan_compiles_for_sm90_without_spilling(report, mode, H, B):
         assert r["spill_store"] <= MAX_SPILL, f"{which} spills {r['spill_store']} B ({plan})"
 
 
+# (mode, hidden, batch) for a 99 KB-per-block card (sm_89: L4, L40, RTX 40xx): splits that
+# need 128-136 KB of shared memory there when planned as for an H100
+SMALL_SMEM = [("fp32", 64, 16), ("tf32", 128, 256), ("tf32", 256, 16), ("bf16", 512, 16)]
+
+
+@pytest.mark.parametrize("mode, H, B", SMALL_SMEM)
+def test_plan_fits_the_shared_memory_of_a_99kb_card(report, mode, H, B):
+    rep, kernels = report
+    dtype, prec = rep.MODES[mode]
+    limit = rep.SMEM_KB[89] * 1024
+    plan = tb.plan_split(B, H, dtype, prec, sms=58, smem=limit)
+    for which in ("fwd", "bwd"):
+        r = rep.compile_kernel(which, plan, dtype, prec, arch=89, kernels=kernels)
+        assert r["shared"] <= limit, f"{which}: {r['shared']} B of shared memory ({plan})"
+        assert r["spill_store"] <= MAX_SPILL
+    h100 = tb.plan_split(B, H, dtype, prec, sms=58)  # planned as if it had an H100's
+    big = [rep.compile_kernel(w, h100, dtype, prec, 89, kernels)["shared"] for w in ("fwd", "bwd")]
+    assert max(big) > limit  # what the card would have refused
+
+
 def test_the_measured_slow_plan_is_seen_spilling(report):
     # the split the H100 measured at 14x cuDNN (fp32 without TF32, hidden 256, weights
     # resident): the check above would have caught it

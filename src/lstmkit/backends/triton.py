@@ -84,24 +84,51 @@ _OPERAND_RESIDENT = 16 * 1024
 _OPERAND_CHUNK = 4 * 1024
 
 
+H100_SMEM = 227 * 1024  # shared memory one block may opt in to on an H100 (A100: 163 KB)
+
+
+def _smem_per_block(device: torch.device) -> int:
+    if device.type != "cuda":
+        return H100_SMEM  # the interpreter has no limit; plan as for an H100
+    props = torch.cuda.get_device_properties(device)
+    return int(getattr(props, "shared_memory_per_block_optin", props.shared_memory_per_block))
+
+
+# (device index, H, dtype, precision) whose resident-weight kernel the GPU refused for its
+# shared memory: planned with streamed weights from then on (see _launch)
+_STREAMED: set = set()
+
+
 def _plan(B: int, H: int, dtype: torch.dtype, device: torch.device, prec: str = "ieee") -> dict:
     """The work split for this device (see :func:`plan_split`)."""
-    return plan_split(B, H, dtype, prec, _sm_count(device), interpreted=device.type == "cpu")
+    stream = (device.index, H, dtype, prec) in _STREAMED
+    return plan_split(B, H, dtype, prec, _sm_count(device), interpreted=device.type == "cpu",
+                      smem=_smem_per_block(device), stream=stream)  # fmt: skip
 
 
 def plan_split(
-    B: int, H: int, dtype: torch.dtype, prec: str, sms: int, interpreted: bool = False
+    B: int,
+    H: int,
+    dtype: torch.dtype,
+    prec: str,
+    sms: int,
+    interpreted: bool = False,
+    smem: int = H100_SMEM,
+    stream: bool = False,
 ) -> dict:
     """Choose the work split. The weight slice of one program (4 x HP x BH) stays on chip
-    when it fits ``_RESIDENT_BYTES`` and the dot's left operand, the whole previous h of BB
-    rows, is small enough not to spill (3xTF32 at hidden 256 broke that: it spilled, and ran
-    14x slower than cuDNN on an H100); else weight_hh is streamed in K-chunks of BK. The
-    persistent form needs every program co-resident. One program over all units (NH == 1)
-    keeps h in registers from step to step (``CARRY``)."""
+    when it fits ``_RESIDENT_BYTES`` and the device's shared memory (``smem`` bytes per block:
+    Triton stages the resident weights there, up to twice their size plus 8 KB on sm_80-90),
+    and the dot's left operand, the whole previous h of BB rows, is small enough not to
+    spill (3xTF32 at hidden 256 broke that: it spilled, and ran 14x slower than cuDNN on an
+    H100); else (or with ``stream``) weight_hh is streamed in K-chunks of BK. The persistent
+    form needs every program co-resident. One program over all units (NH == 1) keeps h in
+    registers from step to step (``CARRY``)."""
     HP = max(16, _next_pow2(H))
     es = torch.empty(0, dtype=dtype).element_size()
+    budget = min(_RESIDENT_BYTES, (smem - 8 * 1024) // 2)
     BH = HP
-    while BH > 16 and 4 * HP * BH * es > _RESIDENT_BYTES:
+    while BH > 16 and 4 * HP * BH * es > budget:
         BH //= 2
     NH = -(-H // BH)
     # enough batch rows per program that all programs fit on the SMs at once, at least 16
@@ -120,7 +147,8 @@ def plan_split(
         "BB": BB,
         "BK": BK,
         # 3xTF32 splits the resident weights in two parts as well: count its operand twice
-        "W_RES": 4 * HP * BH * es <= _RESIDENT_BYTES
+        "W_RES": not stream
+        and 4 * HP * BH * es <= budget
         and BB * HP * op_bytes * (2 if op_bytes == 8 else 1) <= _OPERAND_RESIDENT,
     }
     plan.update({k: v for k, v in _OVERRIDE.items() if k in plan})
@@ -182,36 +210,55 @@ def _consts(p: dict, prec: str) -> dict:
     return {**{k: p[k] for k in keys}, "PREC": prec, "num_warps": p["num_warps"], "num_stages": 1}
 
 
+def _launch(kernel_name: str, B: int, H: int, like: torch.Tensor, launch) -> None:
+    """Plan, then ``launch(kernel, plan, consts)``. A GPU with less shared memory than the
+    plan assumed refuses a resident-weight kernel before it runs (Triton's OutOfResources):
+    then plan again with streamed weights, and keep doing so for this shape."""
+    k = _kernels()
+    prec = _precision(like.dtype, like.device)
+    p = _plan(B, H, like.dtype, like.device, prec)
+    try:
+        launch(getattr(k, kernel_name), p, _consts(p, prec))
+    except Exception as e:
+        from triton.runtime.errors import OutOfResources
+
+        if not isinstance(e, OutOfResources) or not p["W_RES"]:
+            raise
+        _STREAMED.add((like.device.index, H, like.dtype, prec))
+        p = _plan(B, H, like.dtype, like.device, prec)
+        launch(getattr(k, kernel_name), p, _consts(p, prec))
+
+
 def _forward(gates, w_hh, hs, cs, out, lens, reverse, store):
     """Run the recurrence in place on the buffers (shapes in ``_triton_kernels``)."""
-    k = _kernels()
     T, B, H = out.shape
-    prec = _precision(gates.dtype, gates.device)
-    p = _plan(B, H, gates.dtype, gates.device, prec)
-    c = _consts(p, prec)
-    counter = torch.zeros(p["grid"][1], dtype=torch.int32, device=gates.device)
-    spans = [(s, s + 1) for s in range(T)] if p["stepwise"] else [(0, T)]
-    for s0, s1 in spans:
-        k.lstm_fwd_kernel[p["grid"]](
-            gates, w_hh, hs, cs, out, lens, counter, T, B, H, s0, s1,
-            REVERSE=reverse, STORE=store, SYNC=p["SYNC"], **c,
-        )  # fmt: skip
+
+    def launch(kernel, p, c):
+        counter = torch.zeros(p["grid"][1], dtype=torch.int32, device=gates.device)
+        spans = [(s, s + 1) for s in range(T)] if p["stepwise"] else [(0, T)]
+        for s0, s1 in spans:
+            kernel[p["grid"]](
+                gates, w_hh, hs, cs, out, lens, counter, T, B, H, s0, s1,
+                REVERSE=reverse, STORE=store, SYNC=p["SYNC"], **c,
+            )  # fmt: skip
+
+    _launch("lstm_fwd_kernel", B, H, gates, launch)
 
 
 def _backward(gates, w_hh, cs, dout, dgates, dh, dc, lens, reverse):
-    k = _kernels()
     T, B, H = dout.shape
-    prec = _precision(gates.dtype, gates.device)
-    p = _plan(B, H, gates.dtype, gates.device, prec)
-    c = _consts(p, prec)
-    counter = torch.zeros(p["grid"][1], dtype=torch.int32, device=gates.device)
-    # s = -1 is the last pass: it only turns dgates of step 0 into the gradient of h0
-    spans = [(s, s) for s in range(T - 1, -2, -1)] if p["stepwise"] else [(T - 1, -1)]
-    for s_hi, s_lo in spans:
-        k.lstm_bwd_kernel[p["grid"]](
-            gates, w_hh, cs, dout, dgates, dh, dc, lens, counter, T, B, H, s_hi, s_lo,
-            REVERSE=reverse, SYNC=p["SYNC"], **c,
-        )  # fmt: skip
+
+    def launch(kernel, p, c):
+        counter = torch.zeros(p["grid"][1], dtype=torch.int32, device=gates.device)
+        # s = -1 is the last pass: it only turns dgates of step 0 into the gradient of h0
+        spans = [(s, s) for s in range(T - 1, -2, -1)] if p["stepwise"] else [(T - 1, -1)]
+        for s_hi, s_lo in spans:
+            kernel[p["grid"]](
+                gates, w_hh, cs, dout, dgates, dh, dc, lens, counter, T, B, H, s_hi, s_lo,
+                REVERSE=reverse, SYNC=p["SYNC"], **c,
+            )  # fmt: skip
+
+    _launch("lstm_bwd_kernel", B, H, gates, launch)
 
 
 class _LSTMFunction(torch.autograd.Function):
