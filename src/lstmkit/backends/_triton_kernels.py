@@ -41,8 +41,20 @@ import triton
 import triton.language as tl
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+# Triton's interpreter computes tl.dot on bfloat16 operands wrongly (triton 3.9); a product
+# of two bfloat16 numbers is exact in float32 and the GPU's MMA accumulates in float32, so
+# interpreted runs multiply float32 copies: the same arithmetic, and the bf16 path testable
+FP32_DOTS = tl.constexpr(INTERPRETED)
 SPIN_LIMIT = tl.constexpr(1 << 22)  # polls of the barrier counter (seconds) before giving up
 BARRIER_BROKEN = tl.constexpr(1 << 24)  # added to a counter whose barrier timed out
+
+
+@triton.jit
+def _mma(a, b, acc, PREC: tl.constexpr):
+    """acc + a @ b (fp32 accumulator) in precision PREC; see FP32_DOTS."""
+    if FP32_DOTS:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc, input_precision=PREC)
 
 
 @triton.jit
@@ -160,10 +172,10 @@ def lstm_fwd_kernel(
                 hm = rmask[:, None] & (kk < H)[None, :]
                 hp = tl.load(hrow + rows[:, None] * H + kk[None, :], mask=hm, other=0.0,
                              cache_modifier=".cg")  # fmt: skip
-            acc_i = tl.dot(hp, w_i, acc_i, input_precision=PREC)
-            acc_f = tl.dot(hp, w_f, acc_f, input_precision=PREC)
-            acc_g = tl.dot(hp, w_g, acc_g, input_precision=PREC)
-            acc_o = tl.dot(hp, w_o, acc_o, input_precision=PREC)
+            acc_i = _mma(hp, w_i, acc_i, PREC)
+            acc_f = _mma(hp, w_f, acc_f, PREC)
+            acc_g = _mma(hp, w_g, acc_g, PREC)
+            acc_o = _mma(hp, w_o, acc_o, PREC)
         else:
             for k0 in range(0, H, BK):
                 kb = k0 + tl.arange(0, BK)
@@ -173,13 +185,13 @@ def lstm_fwd_kernel(
                 wp = whh + cols[None, :] * H + kb[:, None]
                 wm = (kb < H)[:, None] & (cols < H)[None, :]
                 w = tl.load(wp, mask=wm, other=0.0)
-                acc_i = tl.dot(hp, w, acc_i, input_precision=PREC)
+                acc_i = _mma(hp, w, acc_i, PREC)
                 w = tl.load(wp + H * H, mask=wm, other=0.0)
-                acc_f = tl.dot(hp, w, acc_f, input_precision=PREC)
+                acc_f = _mma(hp, w, acc_f, PREC)
                 w = tl.load(wp + 2 * H * H, mask=wm, other=0.0)
-                acc_g = tl.dot(hp, w, acc_g, input_precision=PREC)
+                acc_g = _mma(hp, w, acc_g, PREC)
                 w = tl.load(wp + 3 * H * H, mask=wm, other=0.0)
-                acc_o = tl.dot(hp, w, acc_o, input_precision=PREC)
+                acc_o = _mma(hp, w, acc_o, PREC)
         i = _sigmoid(acc_i)
         f = _sigmoid(acc_f)
         g = _tanh(acc_g)
@@ -297,10 +309,10 @@ def lstm_bwd_kernel(
                 gates, cs, dout, dgates, s_hi - it, T, B, H, rows, cols, m2, own, length,
                 gh, gc, REVERSE,
             )  # fmt: skip
-            rec = tl.dot(dpi.to(ty), v_i, input_precision=PREC)
-            rec = tl.dot(dpf.to(ty), v_f, rec, input_precision=PREC)
-            rec = tl.dot(dpg.to(ty), v_g, rec, input_precision=PREC)
-            rec = tl.dot(dpo.to(ty), v_o, rec, input_precision=PREC)
+            rec = _mma(dpi.to(ty), v_i, tl.full((BB, BH), 0.0, tl.float32), PREC)
+            rec = _mma(dpf.to(ty), v_f, rec, PREC)
+            rec = _mma(dpg.to(ty), v_g, rec, PREC)
+            rec = _mma(dpo.to(ty), v_o, rec, PREC)
             gh = tl.where(valid, rec, gh)  # a skipped step passes gh through
     else:
         broken = tl.full((), 0, tl.int32)  # a broken barrier: results are NaN from then on
@@ -319,25 +331,23 @@ def lstm_bwd_kernel(
                 rec = tl.full((BB, BH), 0.0, tl.float32)
                 if W_RES:
                     d_i, d_f, d_g, d_o = _load_dgates(dgates, t1, B, H, rows, rmask, 0, HP)
-                    rec = tl.dot(d_i, v_i, rec, input_precision=PREC)
-                    rec = tl.dot(d_f, v_f, rec, input_precision=PREC)
-                    rec = tl.dot(d_g, v_g, rec, input_precision=PREC)
-                    rec = tl.dot(d_o, v_o, rec, input_precision=PREC)
+                    rec = _mma(d_i, v_i, rec, PREC)
+                    rec = _mma(d_f, v_f, rec, PREC)
+                    rec = _mma(d_g, v_g, rec, PREC)
+                    rec = _mma(d_o, v_o, rec, PREC)
                 else:
                     for k0 in range(0, H, BK):
                         d_i, d_f, d_g, d_o = _load_dgates(dgates, t1, B, H, rows, rmask, k0, BK)
                         kb = k0 + tl.arange(0, BK)
                         wp = whh + kb[:, None] * H + cols[None, :]
                         wm = (kb < H)[:, None] & (cols < H)[None, :]
-                        rec = tl.dot(
-                            d_i, tl.load(wp, mask=wm, other=0.0), rec, input_precision=PREC
-                        )
+                        rec = _mma(d_i, tl.load(wp, mask=wm, other=0.0), rec, PREC)
                         w = tl.load(wp + H * H, mask=wm, other=0.0)
-                        rec = tl.dot(d_f, w, rec, input_precision=PREC)
+                        rec = _mma(d_f, w, rec, PREC)
                         w = tl.load(wp + 2 * H * H, mask=wm, other=0.0)
-                        rec = tl.dot(d_g, w, rec, input_precision=PREC)
+                        rec = _mma(d_g, w, rec, PREC)
                         w = tl.load(wp + 3 * H * H, mask=wm, other=0.0)
-                        rec = tl.dot(d_o, w, rec, input_precision=PREC)
+                        rec = _mma(d_o, w, rec, PREC)
                 gh = tl.where((t1 < length)[:, None], rec, gh)  # a skipped step passes gh through
                 if SYNC:
                     gh = tl.where(broken != 0, float("nan"), gh)
