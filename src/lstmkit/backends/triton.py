@@ -5,10 +5,16 @@ runs every time step (:mod:`lstmkit.backends._triton_kernels`). Backward: one la
 recurrence backwards and writes ``dgates`` (T, B, 4H); ``dx``, ``dW_ih``, ``dW_hh`` and the
 biases are then a few large matmuls over all steps at once.
 
-Runs float32 (TF32 in ``tl.dot`` iff ``torch.backends.cuda.matmul.allow_tf32``) and bfloat16
-(fp32 accumulation, fp32 cell state). No projection (``proj_size``). Triton is optional and
-imported on first use; on the CPU the kernels run only in triton's interpreter
-(``TRITON_INTERPRET=1`` set before this backend first loads its kernels), which tests use.
+Runs float32 and bfloat16 (fp32 accumulation, fp32 cell state). float32 uses TF32 exactly
+when torch.nn.LSTM's cuDNN path would (:func:`tf32_enabled`), else 3xTF32 (float32
+accuracy on the tensor cores). No projection (``proj_size``).
+
+The work split (:func:`plan_split`) keeps each program's slice of ``weight_hh`` on chip when
+it fits the registers and the card's shared memory, else streams it; a launch the card
+still refuses for its shared memory is planned again with streamed weights. Triton is
+optional and imported on first use; on the CPU the kernels run only in triton's interpreter
+(``TRITON_INTERPRET=1`` set before this backend first loads its kernels), which tests use;
+``bench/gpu_compile_report.py`` compiles them for a GPU without one.
 """
 
 from __future__ import annotations
