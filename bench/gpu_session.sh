@@ -16,7 +16,7 @@ PY="${PYTHON:-python3}"
 status=0
 if "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
     read -r arch sms < <("$PY" -c 'import torch; p = torch.cuda.get_device_properties(0); print(p.major * 10 + p.minor, p.multi_processor_count)')
-    sizes=(--hidden 64 128 256 512 --batch 16 256)
+    sizes=(--hidden 64 256 512 --batch 16)
     smoke=()
 else
     echo "no CUDA device: a smoke run on the CPU"
