@@ -96,6 +96,19 @@ def _step_barrier(counter_ptr, target, SYNC: tl.constexpr):
 
 
 @triton.jit
+def _tile(lens, B, H, BB: tl.constexpr, BH: tl.constexpr):
+    """Program (j, b)'s cells: batch rows, hidden units, the row mask, the (row, unit) mask,
+    the cells' offsets in a (B, H) step, and each row's sequence length."""
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    cols = tl.program_id(0) * BH + tl.arange(0, BH)
+    rmask = rows < B
+    m2 = rmask[:, None] & (cols < H)[None, :]
+    own = rows[:, None] * H + cols[None, :]
+    length = tl.load(lens + rows, mask=rmask, other=0)
+    return rows, cols, rmask, m2, own, length
+
+
+@triton.jit
 def _load_input_gates(gates, s, T, B, H, rows, cols, m2, REVERSE: tl.constexpr):
     """The input part of step s's gates (x_t @ W_ih^T + b) for this program: four fp32 tiles."""
     if REVERSE:  # noqa: SIM108 (a plain if on a constexpr: resolved at compile time)
@@ -119,17 +132,11 @@ def lstm_fwd_kernel(
     W_RES: tl.constexpr, CARRY: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """Steps s_begin .. s_end-1 of the forward recurrence; see the module docstring."""
-    pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
     nh = tl.num_programs(0)
-    rows = pid_b * BB + tl.arange(0, BB)
-    cols = pid_h * BH + tl.arange(0, BH)
-    rmask = rows < B
-    m2 = rmask[:, None] & (cols < H)[None, :]
-    own = rows[:, None] * H + cols[None, :]  # this program's (row, unit) cells of a (B, H) step
+    rows, cols, rmask, m2, own, length = _tile(lens, B, H, BB, BH)
     G = 4 * H
     step = B * H
-    length = tl.load(lens + rows, mask=rmask, other=0)
     kk = tl.arange(0, HP)
     if W_RES:
         # w_k[r, u] = W_hh[k*H + cols[u], r]: the transposed rows of this program's units
@@ -282,15 +289,9 @@ def lstm_bwd_kernel(
 
     With CARRY (one program owns every unit, all steps in one launch: s_lo = -1) step s's
     dgates @ W_hh goes into gh at the end of step s, in registers, not through memory."""
-    pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
     nh = tl.num_programs(0)
-    rows = pid_b * BB + tl.arange(0, BB)
-    cols = pid_h * BH + tl.arange(0, BH)
-    rmask = rows < B
-    m2 = rmask[:, None] & (cols < H)[None, :]
-    own = rows[:, None] * H + cols[None, :]
-    length = tl.load(lens + rows, mask=rmask, other=0)
+    rows, cols, rmask, m2, own, length = _tile(lens, B, H, BB, BH)
     kk = tl.arange(0, HP)
     if W_RES:
         # v_k[r, u] = W_hh[k*H + r, cols[u]]: dh_prev[:, cols] = sum_k dgates_k @ v_k

@@ -144,6 +144,7 @@ def plan_split(
     if NH == 1:  # no barrier between programs: many small independent ones (64 spilled)
         BB = 16
     op_bytes = _OPERAND_BYTES[prec] if dtype == torch.float32 else es
+    split3 = dtype == torch.float32 and prec == "tf32x3"
     BK = min(64, HP)
     while BK > 16 and BB * BK * op_bytes > _OPERAND_CHUNK:
         BK //= 2
@@ -155,7 +156,7 @@ def plan_split(
         # 3xTF32 splits the resident weights in two parts as well: count its operand twice
         "W_RES": not stream
         and 4 * HP * BH * es <= budget
-        and BB * HP * op_bytes * (2 if op_bytes == 8 else 1) <= _OPERAND_RESIDENT,
+        and BB * HP * op_bytes * (2 if split3 else 1) <= _OPERAND_RESIDENT,
     }
     plan.update({k: v for k, v in _OVERRIDE.items() if k in plan})
     NH = -(-H // plan["BH"])
@@ -174,7 +175,7 @@ def plan_split(
     w_regs = 4 * plan["HP"] * plan["BH"] * es // 4 if plan["W_RES"] else 0
     tile = plan["BB"] * max(4 * plan["BH"], plan["HP"] if plan["W_RES"] else plan["BK"])
     plan["num_warps"] = 8 if w_regs + tile >= 8192 else 4
-    if op_bytes == 8 and not plan["W_RES"]:  # streamed 3xTF32 spilled with 4 warps
+    if split3 and not plan["W_RES"]:  # streamed 3xTF32 spilled with 4 warps
         plan["num_warps"] = 8
     return plan
 
@@ -183,19 +184,14 @@ def tf32_enabled() -> bool:
     """Whether float32 recurrences may use TF32, decided as torch.nn.LSTM's cuDNN path decides
     it: ``torch.backends.cudnn.rnn.fp32_precision`` (torch >= 2.9; "tf32" by default, and
     "none" when ``torch.backends.cudnn.allow_tf32 = False``), else ``cudnn.allow_tf32``."""
-    rnn = getattr(torch.backends.cudnn, "rnn", None)
-    prec = getattr(rnn, "fp32_precision", None)
-    if prec is not None:
+    # the most specific flag that is set decides; "none" defers to the next one up
+    cudnn = torch.backends.cudnn
+    for flags in (getattr(cudnn, "rnn", None), cudnn, torch.backends):
+        prec = getattr(flags, "fp32_precision", "none")
         if prec != "none":
             return prec == "tf32"
-        prec = getattr(torch.backends.cudnn, "fp32_precision", "none")
-        if prec != "none":
-            return prec == "tf32"
-        prec = getattr(torch.backends, "fp32_precision", "none")
-        if prec != "none":
-            return prec == "tf32"
-        # "none" all the way up: the legacy flag decides (it raises only for mixed settings,
-        # which the branches above have already resolved)
+    # torch < 2.9, or "none" all the way up: the legacy flag (it raises only for mixed
+    # settings, which the loop has resolved)
     return bool(torch.backends.cudnn.allow_tf32)
 
 
