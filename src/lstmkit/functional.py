@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lstmkit import backends
+from lstmkit.variants import CellExtras
 
 
 def lstm(
@@ -21,23 +22,29 @@ def lstm(
     training: bool = False,
     lengths: Tensor | None = None,
     backend: str = "auto",
+    extras: list[CellExtras | None] | None = None,
+    features: frozenset[str] = frozenset(),
 ) -> tuple[Tensor, Tensor, Tensor]:
     """A multi-layer LSTM over a time-major, right-padded batch.
 
     x (T, B, I); h0 (L*D, B, P or H); c0 (L*D, B, H); ``weights[k*D + d]`` is
     ``[weight_ih, weight_hh, bias_ih, bias_hh, weight_hr]`` (biases and weight_hr may be None);
     lengths (B,) int64 in 1..T or None. Returns output (T, B, D*(P or H)) with zeros past
-    each length, h_n (L*D, B, P or H), c_n (L*D, B, H). Inputs are assumed valid:
+    each length, h_n (L*D, B, P or H), c_n (L*D, B, H). ``extras[k*D + d]``: the variants of
+    that layer and direction (None: plain), ``features`` the kernel features they need
+    (:meth:`lstmkit.variants.Variant.features`). Inputs are assumed valid:
     :class:`lstmkit.LSTM` checks them at the edge.
     """
     D = 2 if bidirectional else 1
-    choice = backends.resolve(backends_request(x, h0, c0, weights, num_layers, D, lengths), backend)
+    req = backends_request(x, h0, c0, weights, num_layers, D, lengths, features)
+    choice = backends.resolve(req, backend)
     h_n, c_n = [], []
     layer_in = x
     for k in range(num_layers):
         outs = []
         for d in range(D):
             w_ih, w_hh, b_ih, b_hh, w_hr = weights[k * D + d]
+            ex = None if extras is None else extras[k * D + d]
             out, h, c = choice.run(
                 layer_in,
                 h0[k * D + d],
@@ -49,6 +56,7 @@ def lstm(
                 w_hr,
                 lengths,
                 d == 1,
+                *([ex] if ex is not None else []),
             )
             outs.append(out)
             h_n.append(h)
@@ -59,7 +67,9 @@ def lstm(
     return layer_in, torch.stack(h_n), torch.stack(c_n)
 
 
-def backends_request(x, h0, c0, weights, num_layers, D, lengths) -> backends.Request:
+def backends_request(
+    x, h0, c0, weights, num_layers, D, lengths, features=frozenset()
+) -> backends.Request:
     """The :class:`backends.Request` describing one call to :func:`lstm`."""
     w_ih, w_hh, _, _, w_hr = weights[0]
     needs_grad = torch.is_grad_enabled() and (
@@ -80,4 +90,5 @@ def backends_request(x, h0, c0, weights, num_layers, D, lengths) -> backends.Req
         directions=D,
         has_lengths=lengths is not None,
         needs_grad=needs_grad,
+        features=features,
     )

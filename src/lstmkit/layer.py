@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from lstmkit import backends
+from lstmkit.cell import init_variant_parameters, make_variant, variant_extras, variant_shapes
 from lstmkit.functional import backends_request, lstm
+from lstmkit.variants import draw_masks
 
 
 def _positive_int(name: str, value) -> None:
@@ -32,7 +35,13 @@ class LSTM(nn.Module):
 
     Args: input_size I, hidden_size H, num_layers L, bias, batch_first, dropout (between
     layers, training only), bidirectional (D = 2), proj_size P (0 = none), device, dtype, and
-    beyond torch: ``backend`` (``"auto"`` or a name from ``lstmkit.backends.names()``).
+    beyond torch: ``backend`` (``"auto"`` or a name from ``lstmkit.backends.names()``) and the
+    variants, all off by default (equations in :func:`lstmkit.cell.lstm_step`, options in
+    :class:`lstmkit.variants.Variant`): ``forget_bias``, ``init="chrono"`` with ``t_max``,
+    ``layer_norm``, ``peephole``, ``coupled``, ``recurrent_dropout``, ``zoneout`` (one
+    probability or ``(z_c, z_h)``), ``weight_drop``, ``cell_clip``. Their random masks are
+    drawn here, once per forward, from torch's generator, so every backend gives the same
+    numbers for the same seed; a backend that lacks a variant is never chosen silently.
 
     Forward: ``input`` (T, B, I), (B, T, I) if batch_first, unbatched (T, I), or a
     ``PackedSequence``; ``hx = (h_0, c_0)`` with h_0 (L*D, B, P or H) and c_0 (L*D, B, H)
@@ -44,7 +53,9 @@ class LSTM(nn.Module):
     Parameters: ``weight_ih_l{k}`` (4H, I or D*(P or H)), ``weight_hh_l{k}`` (4H, P or H),
     ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4H,), ``weight_hr_l{k}`` (P, H), with ``_reverse`` for
     the backward direction, all U(-1/sqrt(H), 1/sqrt(H)): a ``torch.nn.LSTM`` state_dict loads
-    into it and back.
+    into it and back. Variants add, per layer and direction: ``weight_ln_ih_l{k}``,
+    ``weight_ln_hh_l{k}`` (4H,) and ``weight_ln_c_l{k}``, ``bias_ln_c_l{k}`` (H,) (layer norm:
+    gains 1, shift 0 at initialisation); ``weight_peephole_l{k}`` (3H,) (i, f, o).
     """
 
     def __init__(
@@ -60,8 +71,10 @@ class LSTM(nn.Module):
         device=None,
         dtype=None,
         backend: str = "auto",
+        **variant,
     ) -> None:
         super().__init__()
+        self.variant = make_variant(variant, bias, "LSTM")
         _positive_int("input_size", input_size)
         _positive_int("hidden_size", hidden_size)
         _positive_int("num_layers", num_layers)
@@ -81,6 +94,14 @@ class LSTM(nn.Module):
             )
         if backend not in backends.names():
             raise ValueError(f"backend must be one of {backends.names()}, got {backend!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout acts between LSTM layers, so with num_layers=1 it does nothing "
+                f"(got dropout={dropout}); for dropout inside the recurrence use "
+                "recurrent_dropout, zoneout or weight_drop",
+                UserWarning,
+                stacklevel=2,
+            )
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size, self.backend = bidirectional, proj_size, backend
@@ -97,6 +118,7 @@ class LSTM(nn.Module):
                     "bias_ih": (4 * H,) if bias else None,
                     "bias_hh": (4 * H,) if bias else None,
                     "weight_hr": (proj_size, H) if proj_size else None,
+                    **variant_shapes(self.variant, H),
                 }
                 names: list[str | None] = []
                 for base, shape in shapes.items():
@@ -105,38 +127,68 @@ class LSTM(nn.Module):
                         continue
                     self.register_parameter(base + sfx, nn.Parameter(torch.empty(shape, **kw)))
                     names.append(base + sfx)
-                self._names.append(names)
+                self._names.append(names[:5])
         self.reset_parameters()
+
+    def _suffixes(self) -> list[str]:
+        D = 2 if self.bidirectional else 1
+        return [
+            f"_l{k}" + ("_reverse" if d else "") for k in range(self.num_layers) for d in range(D)
+        ]
 
     def reset_parameters(self) -> None:
         bound = 1.0 / math.sqrt(self.hidden_size)
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
+        for sfx in self._suffixes():
+            init_variant_parameters(self, self.variant, sfx)
 
     def _weights(self) -> list[list[Tensor | None]]:
         return [[None if n is None else getattr(self, n) for n in names] for names in self._names]
+
+    def _variant_weights(self, x: Tensor):
+        """(weights, extras) for one forward over time-major ``x``: weight drop applied to
+        each weight_hh, and each layer and direction's :class:`~lstmkit.variants.CellExtras`
+        with its masks, all drawn here (extras None for the plain LSTM)."""
+        weights = self._weights()
+        v = self.variant
+        if v.is_plain():
+            return weights, None
+        T, B = x.size(0), x.size(1)
+        H, R = self.hidden_size, self.proj_size or self.hidden_size
+        extras = []
+        for ws, sfx in zip(weights, self._suffixes(), strict=True):
+            masks = draw_masks(v, self.training, T, B, H, R, x)
+            if masks["weight_drop"] is not None:
+                ws[1] = ws[1] * masks["weight_drop"]
+            extras.append(variant_extras(self, v, sfx, masks, masks))
+        return weights, extras
 
     def backend_choice(self, input: Tensor, lengths=None) -> tuple[str, str]:
         """The backend a forward of ``input`` would run, and why: ``(name, reason)``."""
         x, h0, c0, lengths, _ = self._prepare(input, None, lengths)
         D = 2 if self.bidirectional else 1
-        req = backends_request(x, h0, c0, self._weights(), self.num_layers, D, lengths)
+        feats = self.variant.features(self.training)
+        req = backends_request(x, h0, c0, self._weights(), self.num_layers, D, lengths, feats)
         choice = backends.resolve(req, self.backend)
         return choice.name, choice.reason
 
     def forward(self, input, hx: tuple[Tensor, Tensor] | None = None, lengths=None):
         x, h0, c0, lengths, undo = self._prepare(input, hx, lengths)
+        weights, extras = self._variant_weights(x)
         out, h_n, c_n = lstm(
             x,
             h0,
             c0,
-            self._weights(),
+            weights,
             num_layers=self.num_layers,
             bidirectional=self.bidirectional,
             dropout=self.dropout,
             training=self.training,
             lengths=lengths,
             backend=self.backend,
+            extras=extras,
+            features=self.variant.features(self.training),
         )
         return undo(out, h_n, c_n)
 
@@ -221,7 +273,8 @@ class LSTM(nn.Module):
             s += ", bidirectional=True"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
-        return s
+        described = self.variant.describe()
+        return f"{s}, {described}" if described else s
 
 
 def _check_lengths(lengths, T: int, B: int, unbatched: bool) -> Tensor:

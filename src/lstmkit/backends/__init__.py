@@ -2,8 +2,8 @@
 
 A backend runs ONE layer in ONE direction over a time-major, right-padded batch::
 
-    run(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse)
-        -> (out, h_n, c_n)
+    run(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse,
+        extras=None) -> (out, h_n, c_n)
 
     x          (T, B, I)
     h0         (B, P or H)      c0 (B, H)
@@ -12,6 +12,8 @@ A backend runs ONE layer in ONE direction over a time-major, right-padded batch:
     weight_hr  (P, H) or None (projection)
     lengths    (B,) int64 on the CPU, every value in 1..T, or None (all sequences length T)
     reverse    False: t = 0 .. T-1;  True: t = T-1 .. 0
+    extras     None (the plain LSTM) or a :class:`lstmkit.variants.CellExtras`: the variants'
+               parameters and this forward's masks (drawn by the layer, never by a backend)
     out        (T, B, P or H), exactly zero where t >= lengths[b]
     h_n, c_n   (B, P or H), (B, H): the state after each sequence's last valid step
 
@@ -52,6 +54,7 @@ class Request:
     directions: int
     has_lengths: bool
     needs_grad: bool
+    features: frozenset[str] = frozenset()  # variant features (lstmkit.variants.FEATURES)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,13 @@ _REGISTRY: dict[str, _Entry] = {
     "triton": _Entry("lstmkit.backends.triton"),
     "cudnn": _Entry("lstmkit.backends.cudnn"),
 }
+
+
+def lacking(req: Request, supported: frozenset[str] | set[str]) -> str | None:
+    """The first variant feature of ``req`` outside ``supported``, as an ``unsupported``
+    answer ("variant layer_norm"), or None."""
+    missing = sorted(req.features - set(supported))
+    return f"variant {missing[0]}" if missing else None
 
 
 def register(name: str, module: str) -> None:

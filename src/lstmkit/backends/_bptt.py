@@ -16,6 +16,7 @@ which makes dW_hh a single GEMM too. ``cbuf`` (T+1, B, H) uses the same slots fo
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Protocol
 
 import torch
@@ -25,28 +26,78 @@ from torch import Tensor
 class Loops(Protocol):
     """The per-step recurrences a backend provides (shapes in the module docstring)."""
 
-    def forward(self, xg, h0, c0, w_hh, w_hr, mask, reverse, save):
+    def forward(self, xg, h0, c0, w_hh, w_hr, mask, reverse, save, ex=None):
         """Run the recurrence. ``xg`` (T, B, 4H) holds x·W_ih^T + b and is overwritten with the
-        activated gates i, f, g, o. ``mask`` (T, B) bool or None: step t is live for b.
+        activated gates i, f, g, o. ``mask`` (T, B) bool or None: step t is live for b. ``ex``:
+        the variants (:class:`lstmkit.variants.CellExtras`; the input projection's layer norm
+        is already in ``xg``), or None for the plain LSTM.
 
         Returns (hbuf (T+1, B, P), c_n (B, H), cbuf (T+1, B, H) | None, tc (T, B, H) | None,
         r (T, B, H) | None); the last three (tanh(c_t), the pre-projection h_t) only if ``save``
-        and r only with a projection. Dead steps copy the previous state into the new slot."""
+        and r only with a projection. Dead steps copy the previous state into the new slot.
+        With variants a sixth item, ``aux`` (a dict, filled only if ``save``), holds what their
+        backward needs: "cnew" (T, B, H) the cell before zoneout (zoneout only), "ghat"
+        (T, B, 4H) and "grstd" (T, B) the normalised recurrent projection and its 1/std,
+        "chat" (T, B, H) and "crstd" (T, B) the same for the cell (layer norm only); and tc
+        is tanh of the (normalised) cell the output reads."""
 
-    def backward(self, dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse):
+    def backward(
+        self, dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, ex=None, aux=None
+    ):
         """Reverse loop. ``dout`` (T, B, P) | None, ``dh_n`` (B, P) | None, ``dc_n`` (B, H) | None.
 
         Returns (dG (T, B, 4H) pre-activation gate gradients, zero on dead steps;
         dht (T, B, P) | None the gradient reaching each projected h_t, zero on dead steps;
-        dh0 (B, P); dc0 (B, H))."""
+        dh0 (B, P); dc0 (B, H); then, with variants, a dict with "dgh" (T, B, 4H) the gradient
+        of the raw recurrent projection (layer norm; otherwise it is dG) and "dcout" (T, B, H)
+        the gradient of the normalised cell (layer norm), zero on dead steps)."""
 
 
-def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
-    """x (T, B, I) -> x·W_ih^T + b_ih + b_hh as (T, B, 4H), one GEMM for every step."""
+LN_EPS = 1e-5  # as lstmkit.cell.LN_EPS
+
+
+def normalize(v: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows of v (..., N) as (v - mean) / sqrt(var + eps), and 1/sqrt(var + eps) (...)."""
+    var, mean = torch.var_mean(v, dim=-1, correction=0)
+    rstd = torch.rsqrt(var + LN_EPS)
+    return (v - mean.unsqueeze(-1)) * rstd.unsqueeze(-1), rstd
+
+
+def normalize_backward(dy: Tensor, vhat: Tensor, rstd: Tensor) -> Tensor:
+    """The gradient of v from that of vhat = normalize(v)[0], row by row."""
+    m1 = dy.mean(-1, keepdim=True)
+    m2 = (dy * vhat).mean(-1, keepdim=True)
+    return (dy - m1 - vhat * m2) * rstd.unsqueeze(-1)
+
+
+def input_projection(
+    x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, g_ih: Tensor | None = None
+):
+    """x (T, B, I) -> x·W_ih^T + b_ih + b_hh as (T, B, 4H), one GEMM for every step.
+
+    With a layer-norm gain ``g_ih`` (4H,): LN(x·W_ih^T)·g_ih + b_ih + b_hh, returned with the
+    normalised projection and its 1/std, ``(xg, xhat, rstd)``, for the backward."""
     T, B, I = x.shape
     x2 = x.reshape(T * B, I)
+    if g_ih is not None:
+        xhat, rstd = normalize(torch.mm(x2, w_ih.t()).view(T, B, -1))
+        xg = xhat * g_ih
+        if b_ih is not None:
+            xg += b_ih + b_hh
+        return xg, xhat, rstd
     xg = torch.mm(x2, w_ih.t()) if b_ih is None else torch.addmm(b_ih + b_hh, x2, w_ih.t())
     return xg.view(T, B, -1)
+
+
+def _g_ih(ex) -> Tensor | None:
+    return None if ex is None or ex.layer_norm is None else ex.layer_norm[0]
+
+
+def _project(x, w_ih, b_ih, b_hh, ex) -> Tensor:
+    """The input projection for inference (layer norm applied when the variant has it)."""
+    g_ih = _g_ih(ex)
+    res = input_projection(x, w_ih, b_ih, b_hh, g_ih)
+    return res if g_ih is None else res[0]
 
 
 def time_mask(lengths: Tensor | None, T: int, device) -> Tensor | None:
@@ -83,7 +134,9 @@ def chunk_steps(T: int, B: int, G: int, itemsize: int) -> int:
     return min(T, max(CHUNK_MIN_STEPS, CHUNK_BYTES // max(1, B * G * itemsize)))
 
 
-def forward_no_grad(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
+def forward_no_grad(
+    loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex=None
+):
     """Inference: the same recurrence, nothing saved for backward, in chunks of steps.
 
     Each chunk runs the loop from the state the previous one left (reverse: chunks from the
@@ -92,17 +145,17 @@ def forward_no_grad(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengt
     mask = time_mask(lengths, T, x.device)
     n = chunk_steps(T, B, w_ih.size(0), x.element_size())
     if n >= T:
-        xg = input_projection(x, w_ih, b_ih, b_hh)
-        hbuf, c_n, *_ = loops.forward(xg, h0, c0, w_hh, w_hr, mask, reverse, False)
+        xg = _project(x, w_ih, b_ih, b_hh, ex)
+        hbuf, c_n, *_ = loops.forward(xg, h0, c0, w_hh, w_hr, mask, reverse, False, ex)
         return _outputs(hbuf, c_n, mask, reverse, saved=False)
     out = x.new_empty(T, B, w_hh.size(1))
     h, c = h0, c0
     starts = range(0, T, n)
     for t0 in reversed(starts) if reverse else starts:
         t1 = min(t0 + n, T)
-        xg = input_projection(x[t0:t1], w_ih, b_ih, b_hh)
+        xg = _project(x[t0:t1], w_ih, b_ih, b_hh, ex)
         m = None if mask is None else mask[t0:t1]
-        hbuf, c, *_ = loops.forward(xg, h, c, w_hh, w_hr, m, reverse, False)
+        hbuf, c, *_ = loops.forward(xg, h, c, w_hh, w_hr, m, reverse, False, _chunk(ex, t0, t1))
         out[t0:t1] = hbuf[:-1] if reverse else hbuf[1:]
         h = hbuf[0] if reverse else hbuf[-1]
     if mask is not None:
@@ -110,39 +163,69 @@ def forward_no_grad(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengt
     return out, h.clone(), c
 
 
+def _chunk(ex, t0: int, t1: int):
+    """The variants of steps t0..t1-1 (per-step zoneout masks sliced)."""
+    if ex is None:
+        return None
+    z = {k: getattr(ex, k) for k in ("zoneout_c", "zoneout_h")}
+    z = {k: v[t0:t1] if isinstance(v, Tensor) else v for k, v in z.items()}
+    return dataclasses.replace(ex, **z)
+
+
 class LSTMFunction(torch.autograd.Function):
     """One layer, one direction, with a handwritten backward through time.
 
+    The variants' parameters (peephole (3H,), layer-norm gains g_ih, g_hh (4H,), g_c, b_c
+    (H,)) are inputs too, so that they get gradients; ``ex`` carries them with the masks.
     First derivatives only: the backward is not itself differentiable (no double backward).
     """
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, loops):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, g_ih, g_hh, g_c, b_c,
+                lengths, reverse, loops, ex):  # fmt: skip
         x = x.contiguous()
-        xg = input_projection(x, w_ih, b_ih, b_hh)
+        xhat = rstd = None
+        if g_ih is None:
+            xg = input_projection(x, w_ih, b_ih, b_hh)
+        else:
+            xg, xhat, rstd = input_projection(x, w_ih, b_ih, b_hh, g_ih)
         mask = time_mask(lengths, x.size(0), x.device)
-        hbuf, c_n, cbuf, tc, r = loops.forward(xg, h0, c0, w_hh, w_hr, mask, reverse, True)
-        ctx.save_for_backward(x, w_ih, w_hh, w_hr, xg, hbuf, cbuf, tc, r, mask)
+        hbuf, c_n, cbuf, tc, r, *aux = loops.forward(
+            xg, h0, c0, w_hh, w_hr, mask, reverse, True, *([ex] if ex is not None else [])
+        )
+        ctx.save_for_backward(x, w_ih, w_hh, w_hr, xg, hbuf, cbuf, tc, r, mask, xhat, rstd)
         ctx.reverse, ctx.loops, ctx.has_bias = reverse, loops, b_ih is not None
+        ctx.ex, ctx.aux = ex, aux[0] if aux else None
         ctx.set_materialize_grads(False)
         return _outputs(hbuf, c_n, mask, reverse, saved=True)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dh_n, dc_n):
-        x, w_ih, w_hh, w_hr, gates, hbuf, cbuf, tc, r, mask = ctx.saved_tensors
-        reverse, needs = ctx.reverse, ctx.needs_input_grad
+        x, w_ih, w_hh, w_hr, gates, hbuf, cbuf, tc, r, mask, xhat, rstd = ctx.saved_tensors
+        reverse, needs, ex = ctx.reverse, ctx.needs_input_grad, ctx.ex
         T, B, I = x.shape
         if dout is not None:
             dout = dout.contiguous()
-        dG, dht, dh0, dc0 = ctx.loops.backward(
-            dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse
+        extra = [ex, ctx.aux] if ex is not None else []
+        dG, dht, dh0, dc0, *vgrads = ctx.loops.backward(
+            dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, *extra
         )
+        vg = vgrads[0] if vgrads else {}
         dG2 = dG.view(T * B, -1)
         hprev = hbuf[1:] if reverse else hbuf[:-1]  # the state each step read
-        dx = torch.mm(dG2, w_ih).view(T, B, I) if needs[0] else None
-        dw_ih = torch.mm(dG2.t(), x.view(T * B, I)) if needs[3] else None
-        dw_hh = torch.mm(dG2.t(), hprev.reshape(T * B, -1)) if needs[4] else None
+        if ex is not None and ex.h_mask is not None:
+            hprev = hprev * ex.h_mask  # the gates read h ⊙ m
+        dgh = vg.get("dgh", dG).view(T * B, -1)  # gradient of h·W_hh^T (layer norm: raw)
+        dxg = dG2  # gradient of x·W_ih^T
+        dg_ih = None
+        if xhat is not None:
+            dxhat = dG * ex.layer_norm[0]
+            dg_ih = (dG * xhat).sum((0, 1)) if needs[9] else None
+            dxg = normalize_backward(dxhat, xhat, rstd).view(T * B, -1)
+        dx = torch.mm(dxg, w_ih).view(T, B, I) if needs[0] else None
+        dw_ih = torch.mm(dxg.t(), x.view(T * B, I)) if needs[3] else None
+        dw_hh = torch.mm(dgh.t(), hprev.reshape(T * B, -1)) if needs[4] else None
         db = dG2.sum(0) if ctx.has_bias and (needs[5] or needs[6]) else None
         dw_hr = None
         if w_hr is not None and needs[7]:
@@ -150,12 +233,41 @@ class LSTMFunction(torch.autograd.Function):
         dh0 = dh0 if needs[1] else None
         dc0 = dc0 if needs[2] else None
         db2 = None if db is None else db.clone()  # each bias gets its own gradient tensor
-        return dx, dh0, dc0, dw_ih, dw_hh, db, db2, dw_hr, None, None, None
+        dvar = _variant_grads(ctx, dG, gates, cbuf, vg, needs) if ex is not None else [None] * 4
+        return (dx, dh0, dc0, dw_ih, dw_hh, db, db2, dw_hr, dvar[0], dg_ih, *dvar[1:],
+                None, None, None, None)  # fmt: skip
 
 
-def run_with(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
+def _variant_grads(ctx, dG, gates, cbuf, vg, needs) -> list:
+    """Gradients of the peephole weights and of g_hh, g_c, b_c: sums over every step."""
+    ex, aux, reverse = ctx.ex, ctx.aux, ctx.reverse
+    H = gates.size(2) // 4
+    dpeep = dg_hh = dg_c = db_c = None
+    if ex.peephole is not None and needs[8]:
+        cprev = cbuf[1:] if reverse else cbuf[:-1]
+        cnew = aux["cnew"] if "cnew" in aux else (cbuf[:-1] if reverse else cbuf[1:])
+        dpeep = torch.cat(
+            [
+                (dG[..., :H] * cprev).sum((0, 1)),
+                (dG[..., H : 2 * H] * cprev).sum((0, 1)),
+                (dG[..., 3 * H :] * cnew).sum((0, 1)),
+            ]
+        )
+    if ex.layer_norm is not None:
+        if needs[10]:
+            dg_hh = (dG * aux["ghat"]).sum((0, 1))
+        if needs[11]:
+            dg_c = (vg["dcout"] * aux["chat"]).sum((0, 1))
+        if needs[12]:
+            db_c = vg["dcout"].sum((0, 1))
+    return [dpeep, dg_hh, dg_c, db_c]
+
+
+def run_with(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex=None):
     """The backend ``run`` over a given loops object (see :mod:`lstmkit.backends`)."""
-    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    peep = None if ex is None else ex.peephole
+    ln = (None,) * 4 if ex is None or ex.layer_norm is None else ex.layer_norm
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, *ln)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return LSTMFunction.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, loops)
-    return forward_no_grad(loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+        return LSTMFunction.apply(*tensors, lengths, reverse, loops, ex)
+    return forward_no_grad(loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex)

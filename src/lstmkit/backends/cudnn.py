@@ -12,13 +12,15 @@ import warnings
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from lstmkit.backends import BackendError, lacking
+
 
 def unsupported(req) -> str | None:
     if req.device_type != "cuda":
         return f"device {req.device_type} (cudnn runs on CUDA only)"
     if not req.dtype.is_floating_point:
         return f"dtype {req.dtype}"
-    return None
+    return lacking(req, frozenset())
 
 
 def _reversal_index(lengths: torch.Tensor, T: int, device) -> torch.Tensor:
@@ -32,10 +34,14 @@ def _time_gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.gather(0, idx[:, :, None].expand(-1, -1, x.size(2)))
 
 
-def run(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse):
+def run(
+    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras=None
+):
     """One layer, one direction; see :mod:`lstmkit.backends` for shapes and semantics.
 
     x (T, B, I), h0 (B, P or H), c0 (B, H) -> out (T, B, P or H), h_n, c_n."""
+    if extras is not None:
+        raise BackendError("backend 'cudnn' does not support the LSTM variants (cuDNN has none)")
     T = x.size(0)
     params = [weight_ih, weight_hh]
     if bias_ih is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from lstmkit.backends import _bptt
+from lstmkit.backends import _bptt, _variant_loops
 
 
 def unsupported(req) -> str | None:
@@ -30,7 +30,9 @@ class _PythonLoops:
     """The per-step recurrences as a Python loop over in-place torch ops."""
 
     @staticmethod
-    def forward(xg, h0, c0, w_hh, w_hr, mask, reverse, save):
+    def forward(xg, h0, c0, w_hh, w_hr, mask, reverse, save, ex=None):
+        if ex is not None:
+            return _variant_loops.forward(xg, h0, c0, w_hh, w_hr, mask, reverse, save, ex)
         T, B, G = xg.shape
         H = G // 4
         hbuf = xg.new_empty(T + 1, B, h0.size(1))
@@ -72,7 +74,13 @@ class _PythonLoops:
         return hbuf, c_n.clone(), cbuf, tc, r
 
     @staticmethod
-    def backward(dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse):
+    def backward(
+        dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, ex=None, aux=None
+    ):
+        if ex is not None:
+            return _variant_loops.backward(
+                dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, ex, aux
+            )
         T, B, G = gates.shape
         H = G // 4
         P = w_hh.size(1)
@@ -124,11 +132,14 @@ class _PythonLoops:
 LOOPS = _PythonLoops()
 
 
-def run(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse):
+def run(
+    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras=None
+):
     """One layer, one direction; see :mod:`lstmkit.backends` for shapes and semantics.
 
     x (T, B, I), h0 (B, P or H), c0 (B, H) -> out (T, B, P or H), h_n, c_n.
     """
     return _bptt.run_with(
-        LOOPS, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse
-    )
+        LOOPS, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse,
+        extras,
+    )  # fmt: skip

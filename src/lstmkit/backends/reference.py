@@ -15,14 +15,18 @@ def unsupported(req) -> str | None:
     return None
 
 
-def run(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse):
+def run(
+    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras=None
+):
     """One layer, one direction; see :mod:`lstmkit.backends` for shapes and semantics."""
     T = x.size(0)
     h, c = h0, c0
     alive = None if lengths is None else lengths.to(x.device)
     outs: list[Tensor] = [x.new_empty(0)] * T
     for t in range(T - 1, -1, -1) if reverse else range(T):
-        h_new, c_new = lstm_cell(x[t], h, c, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+        h_new, c_new = lstm_cell(
+            x[t], h, c, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, extras, t
+        )
         if alive is None:
             h, c, outs[t] = h_new, c_new, h_new
         else:

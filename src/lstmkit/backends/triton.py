@@ -25,11 +25,12 @@ import sys
 
 import torch
 
-from lstmkit.backends import BackendError
+from lstmkit.backends import BackendError, lacking
 
 _KERNELS = "lstmkit.backends._triton_kernels"
 _DTYPES = (torch.float32, torch.bfloat16)
 _MAX_ELEMS = 2**31 - 1  # the kernels index with int32
+_FEATURES: frozenset[str] = frozenset()  # variants the kernels run (see lstmkit.variants)
 _RESIDENT_BYTES = 64 * 1024  # weight_hh slice kept in registers when it is at most this
 
 
@@ -58,7 +59,7 @@ def unsupported(req) -> str | None:
         return "proj_size"
     if req.T * req.B * 4 * req.H > _MAX_ELEMS:
         return f"T*B*4H = {req.T * req.B * 4 * req.H} elements (more than 2**31 - 1)"
-    return None
+    return lacking(req, _FEATURES)
 
 
 def _kernels():
@@ -318,12 +319,16 @@ class _LSTMFunction(torch.autograd.Function):
         return dx, dh.to(h_dtype), dc.to(c_dtype), dw_ih, dw_hh, db, db, None, None
 
 
-def run(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse):
+def run(
+    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras=None
+):
     """One layer, one direction; see :mod:`lstmkit.backends` for shapes and semantics.
 
     x (T, B, I), h0 (B, H), c0 (B, H) -> out (T, B, H), h_n (B, H), c_n (B, H)."""
     if weight_hr is not None:
         raise BackendError("backend 'triton' does not support proj_size")
+    if extras is not None:
+        raise BackendError("backend 'triton' does not support the LSTM variants")
     return _LSTMFunction.apply(
         x.contiguous(), h0.contiguous(), c0.contiguous(), weight_ih, weight_hh,
         bias_ih, bias_hh, lengths, bool(reverse),

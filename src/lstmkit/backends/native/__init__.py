@@ -23,10 +23,12 @@ from pathlib import Path
 
 import torch
 
-from lstmkit.backends import _bptt, fused
+from lstmkit.backends import _bptt, fused, lacking
 
 _SOURCE = Path(__file__).with_name("lstm_native.cpp")
 _DTYPES = (torch.float32, torch.float64)
+# The variants the C++ loops run (see lstmkit.variants); the others are refused by name.
+_FEATURES: frozenset[str] = frozenset()
 
 _ext = None  # the loaded extension module
 _error: str | None = None  # why the build failed, once it has (so we warn and try only once)
@@ -37,7 +39,7 @@ def unsupported(req) -> str | None:
         return f"device {req.device_type}"
     if req.dtype not in _DTYPES:
         return f"dtype {req.dtype}"
-    return None
+    return lacking(req, _FEATURES)
 
 
 def _cpu_flags() -> str:
@@ -105,7 +107,7 @@ class _NativeLoops:
     def __init__(self, ext):
         self.ext = ext
 
-    def forward(self, xg, h0, c0, w_hh, w_hr, mask, reverse, save):
+    def forward(self, xg, h0, c0, w_hh, w_hr, mask, reverse, save, ex=None):
         w_hr = None if w_hr is None else w_hr.contiguous()
         res = self.ext.forward(xg, h0, c0, w_hh.contiguous(), w_hr, mask, reverse, save)
         if not save:
@@ -123,7 +125,9 @@ class _NativeLoops:
         )
 
 
-def run(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse):
+def run(
+    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras=None
+):
     """One layer, one direction; see :mod:`lstmkit.backends` for shapes and semantics.
 
     x (T, B, I), h0 (B, P or H), c0 (B, H) -> out (T, B, P or H), h_n, c_n.
@@ -131,7 +135,7 @@ def run(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, r
     ext = load()
     if ext is None:
         return fused.run(
-            x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse
+            x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras
         )
     return _bptt.run_with(
         _NativeLoops(ext),
@@ -145,4 +149,5 @@ def run(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, r
         weight_hr,
         lengths,
         reverse,
+        extras,
     )
