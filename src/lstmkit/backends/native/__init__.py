@@ -28,7 +28,9 @@ from lstmkit.backends import _bptt, fused, lacking
 _SOURCE = Path(__file__).with_name("lstm_native.cpp")
 _DTYPES = (torch.float32, torch.float64)
 # The variants the C++ loops run (see lstmkit.variants); the others are refused by name.
-_FEATURES: frozenset[str] = frozenset()
+_FEATURES = frozenset(
+    ("layer_norm", "peephole", "coupled", "cell_clip", "recurrent_dropout", "zoneout")
+)
 
 _ext = None  # the loaded extension module
 _error: str | None = None  # why the build failed, once it has (so we warn and try only once)
@@ -101,6 +103,29 @@ def available() -> bool:
     return load() is not None
 
 
+def _contig(t):
+    return None if t is None else t.contiguous()
+
+
+def _variant_args(ex) -> list:
+    """The C++ variant arguments from a CellExtras (see ``forward_var`` in the .cpp)."""
+    ln = ex.layer_norm or (None,) * 4
+    zone = []
+    for z in (ex.zoneout_c, ex.zoneout_h):
+        zone += [_contig(z), 0.0] if isinstance(z, torch.Tensor) else [None, float(z or 0.0)]
+    return [
+        _contig(ex.peephole),
+        *(_contig(t) for t in ln[1:]),
+        ex.coupled,
+        float(ex.cell_clip or 0.0),
+        _contig(ex.h_mask),
+        *zone,
+    ]
+
+
+_AUX = ("cnew", "ghat", "grstd", "chat", "crstd")
+
+
 class _NativeLoops:
     """The Loops protocol of :mod:`._bptt` over the C++ extension."""
 
@@ -108,21 +133,30 @@ class _NativeLoops:
         self.ext = ext
 
     def forward(self, xg, h0, c0, w_hh, w_hr, mask, reverse, save, ex=None):
-        w_hr = None if w_hr is None else w_hr.contiguous()
+        w_hr = _contig(w_hr)
+        if ex is not None:
+            res = self.ext.forward_var(
+                xg, h0, c0, w_hh.contiguous(), w_hr, mask, reverse, save, *_variant_args(ex)
+            )
+            if not save:
+                return res[0], res[1], None, None, None, {}
+            aux = {k: t for k, t in zip(_AUX, res[5:], strict=True) if t is not None}
+            return (*res[:5], aux)
         res = self.ext.forward(xg, h0, c0, w_hh.contiguous(), w_hr, mask, reverse, save)
         if not save:
             return res[0], res[1], None, None, None
         return tuple(res)
 
-    def backward(self, dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse):
-        dh_n = None if dh_n is None else dh_n.contiguous()
-        dc_n = None if dc_n is None else dc_n.contiguous()
-        w_hr = None if w_hr is None else w_hr.contiguous()
-        return tuple(
-            self.ext.backward(
-                dout, dh_n, dc_n, gates, cbuf, tc, w_hh.contiguous(), w_hr, mask, reverse
-            )
-        )
+    def backward(self, dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, ex=None,
+                 aux=None):  # fmt: skip
+        dh_n, dc_n, w_hr = _contig(dh_n), _contig(dc_n), _contig(w_hr)
+        args = (dout, dh_n, dc_n, gates, cbuf, tc, w_hh.contiguous(), w_hr, mask, reverse)
+        if ex is None:
+            return tuple(self.ext.backward(*args))
+        saved = [aux.get(k) for k in _AUX]
+        dG, dht, dh, dc, dgh, dcout = self.ext.backward_var(*args, *_variant_args(ex), *saved)
+        extra = {"dgh": dgh, "dcout": dcout} if ex.layer_norm is not None else {}
+        return dG, dht, dh, dc, extra
 
 
 def run(

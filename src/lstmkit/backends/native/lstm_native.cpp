@@ -516,6 +516,463 @@ std::vector<at::Tensor> backward(c10::optional<at::Tensor> dout, c10::optional<a
   return {dG, dht, dh, dc};
 }
 
+// ---- Variants -----------------------------------------------------------------------------
+// The same recurrences with lstmkit's variants (lstmkit/backends/_variant_loops.py is the
+// Python twin, lstmkit/cell.py lstm_step the oracle): peepholes, layer norm of the recurrent
+// projection and of the cell, coupled gates, cell clipping, recurrent dropout, zoneout. The
+// input projection's layer norm happens before the loop, in _bptt.py. The per-row work is a
+// few short loops, each testing its flag once, so each still vectorises.
+
+template <typename T>
+struct Var {
+  const T* peep = nullptr;   // (3H,) i, f, o
+  const T* g_hh = nullptr;   // (4H,) layer-norm gain of h W_hh^T; null: no layer norm
+  const T* g_c = nullptr;    // (H,) layer-norm gain and shift of the cell
+  const T* b_c = nullptr;
+  bool coupled = false;
+  T clip = 0;                // > 0: clip c to [-clip, clip]
+  const T* h_mask = nullptr; // (B, P) recurrent dropout
+  const T* zc = nullptr;     // (T, B, H) zoneout "keep" masks, or null and the scalar below
+  const T* zh = nullptr;     // (T, B, P)
+  T zc_s = 0, zh_s = 0;
+  bool ln() const { return g_hh != nullptr; }
+  bool zone_c() const { return zc || zc_s != T(0); }
+  bool zone_h() const { return zh || zh_s != T(0); }
+};
+
+constexpr double kLnEps = 1e-5;  // as lstmkit.cell.LN_EPS
+
+// y = (v - mean v) / sqrt(var v + eps) over n values; returns 1 / sqrt(var + eps).
+template <typename T>
+T normalize_row(int n, const T* __restrict v, T* __restrict y) {
+  T mean = 0;
+  for (int j = 0; j < n; ++j) mean += v[j];
+  mean /= n;
+  T var = 0;
+  for (int j = 0; j < n; ++j) var += (v[j] - mean) * (v[j] - mean);
+  const T rstd = T(1) / std::sqrt(var / n + T(kLnEps));
+  for (int j = 0; j < n; ++j) y[j] = (v[j] - mean) * rstd;
+  return rstd;
+}
+
+// dv from dy (gradient of the normalised row yhat) times gain: in place over d.
+template <typename T>
+void normalize_row_backward(int n, T* __restrict d, const T* __restrict gain,
+                            const T* __restrict yhat, T rstd) {
+  T m1 = 0, m2 = 0;
+  for (int j = 0; j < n; ++j) {
+    d[j] *= gain[j];
+    m1 += d[j];
+    m2 += d[j] * yhat[j];
+  }
+  m1 /= n;
+  m2 /= n;
+  for (int j = 0; j < n; ++j) d[j] = (d[j] - m1 - yhat[j] * m2) * rstd;
+}
+
+// One row of the forward step with variants. g: pre-activations (recurrent part added),
+// overwritten with the activated gates; cp the previous cell; cw receives c' (before zoneout),
+// tc tanh of the cell the output reads, hr = o tc; chat/crstd the normalised cell (layer norm).
+template <typename T>
+void gates_forward_var(int H, T* __restrict g, const T* __restrict cp, T* __restrict cw,
+                       T* __restrict tc, T* __restrict hr, T* __restrict chat, T* crstd,
+                       const Var<T>& v) {
+  T* __restrict gi = g;
+  T* __restrict gf = g + H;
+  T* __restrict gg = g + 2 * H;
+  T* __restrict go = g + 3 * H;
+  if (v.peep)
+    for (int j = 0; j < H; ++j) {
+      gi[j] += v.peep[j] * cp[j];
+      gf[j] += v.peep[H + j] * cp[j];
+    }
+  for (int j = 0; j < H; ++j) {
+    gi[j] = sigmoid(gi[j]);
+    gg[j] = tanh_(gg[j]);
+  }
+  if (v.coupled) {
+    for (int j = 0; j < H; ++j) gf[j] = T(1) - gi[j];
+  } else {
+    for (int j = 0; j < H; ++j) gf[j] = sigmoid(gf[j]);
+  }
+  for (int j = 0; j < H; ++j) cw[j] = gf[j] * cp[j] + gi[j] * gg[j];
+  if (v.clip > 0)
+    for (int j = 0; j < H; ++j) cw[j] = std::min(std::max(cw[j], -v.clip), v.clip);
+  if (v.peep)
+    for (int j = 0; j < H; ++j) go[j] += v.peep[2 * H + j] * cw[j];
+  for (int j = 0; j < H; ++j) go[j] = sigmoid(go[j]);
+  const T* cout = cw;
+  if (v.ln()) {
+    *crstd = normalize_row(H, cw, chat);
+    for (int j = 0; j < H; ++j) tc[j] = chat[j] * v.g_c[j] + v.b_c[j];
+    cout = tc;
+  }
+  for (int j = 0; j < H; ++j) {
+    const T t = tanh_(cout[j]);
+    tc[j] = t;
+    hr[j] = go[j] * t;
+  }
+}
+
+// z ⊙ prev + (1 - z) ⊙ y into y, z a row of masks or a scalar.
+template <typename T>
+void zone_row(int n, T* __restrict y, const T* __restrict prev, const T* z, T zs) {
+  if (z) {
+    for (int j = 0; j < n; ++j) y[j] += z[j] * (prev[j] - y[j]);
+  } else {
+    for (int j = 0; j < n; ++j) y[j] += zs * (prev[j] - y[j]);
+  }
+}
+
+template <typename T>
+struct VarBufs {  // per-step outputs of the forward kept for the backward (null when unused)
+  T* cnew = nullptr;   // (T, B, H) c' before zoneout
+  T* ghat = nullptr;   // (T|1, B, 4H) normalised h W_hh^T
+  T* grstd = nullptr;  // (T|1, B)
+  T* chat = nullptr;   // (T|1, B, H)
+  T* crstd = nullptr;  // (T|1, B)
+  T* scratch = nullptr;  // (B, max(4H, P)) h_in or the raw recurrent projection
+  T* scratch2 = nullptr; // (B, 4H)
+};
+
+template <typename T>
+void forward_var_impl(T* xg, T* hbuf, T* cbuf, T* tc, T* r, const T* w_hh, const T* w_hr,
+                      const Steps& st, int H, int P, bool save, const Var<T>& v,
+                      const VarBufs<T>& vb) {
+  const int B = st.B, G = 4 * H;
+  const bool proj = w_hr != nullptr;
+  for (int s = 0; s < st.T; ++s) {
+    const int t = st.time(s), n = st.rows[t];
+    const int64_t k = save ? t : 0;
+    const T* hp = hbuf + (int64_t)st.read(t) * B * P;
+    T* hn = hbuf + (int64_t)st.write(t) * B * P;
+    const T* cp = cbuf + (int64_t)(save ? st.read(t) : s % 2) * B * H;
+    T* cn = cbuf + (int64_t)(save ? st.write(t) : (s + 1) % 2) * B * H;
+    T* tct = tc + k * B * H;
+    T* rt = proj ? r + k * B * H : hn;
+    T* g = xg + (int64_t)t * B * G;
+    // c' before zoneout: its own buffer when zoneout mixes it with c afterwards.
+    T* cw = v.zone_c() ? (save ? vb.cnew + (int64_t)t * B * H : vb.scratch2) : cn;
+    const T* hin = hp;
+    if (v.h_mask && n > 0) {
+      for (int64_t e = 0; e < (int64_t)n * P; ++e) vb.scratch[e] = hp[e] * v.h_mask[e];
+      hin = vb.scratch;
+    }
+    if (n > 0) {
+      if (v.ln()) {
+        T* raw = v.h_mask ? vb.scratch2 : vb.scratch;
+        mm_nt<T>(n, G, P, hin, w_hh, raw, false);
+        for (int b = 0; b < n; ++b) {
+          T* gh = vb.ghat + (k * B + b) * G;
+          vb.grstd[k * B + b] = normalize_row(G, raw + (int64_t)b * G, gh);
+          T* gb = g + (int64_t)b * G;
+          for (int j = 0; j < G; ++j) gb[j] += gh[j] * v.g_hh[j];
+        }
+      } else {
+        mm_nt<T>(n, G, P, hin, w_hh, g, true);
+      }
+    }
+    for (int b = 0; b < B; ++b) {
+      if (b < n && st.live(t, b)) {
+        T* chat = v.ln() ? vb.chat + (k * B + b) * H : nullptr;
+        T* crs = v.ln() ? vb.crstd + k * B + b : nullptr;
+        gates_forward_var(H, g + b * G, cp + b * H, cw + b * H, tct + b * H, rt + b * H, chat,
+                          crs, v);
+        if (v.zone_c()) {
+          std::memcpy(cn + b * H, cw + b * H, sizeof(T) * H);
+          zone_row(H, cn + b * H, cp + b * H, v.zc ? v.zc + ((int64_t)t * B + b) * H : nullptr,
+                   v.zc_s);
+        }
+      } else {
+        std::memcpy(cn + b * H, cp + b * H, sizeof(T) * H);
+        if (proj) {
+          std::fill(rt + b * H, rt + (b + 1) * H, T(0));
+        } else {
+          std::memcpy(hn + b * P, hp + b * P, sizeof(T) * P);
+        }
+      }
+    }
+    if (proj && n > 0) mm_nt<T>(n, P, H, rt, w_hr, hn, false);
+    for (int b = 0; b < B; ++b) {
+      const bool live = b < n && st.live(t, b);
+      if (!live) {
+        if (proj) std::memcpy(hn + b * P, hp + b * P, sizeof(T) * P);
+      } else if (v.zone_h()) {
+        zone_row(P, hn + b * P, hp + b * P, v.zh ? v.zh + ((int64_t)t * B + b) * P : nullptr,
+                 v.zh_s);
+      }
+    }
+  }
+}
+
+// One row of the backward step with variants: from dr (gradient of o tanh(cell out)) and dc
+// (gradient of the cell state c_t), dg (pre-activation gate gradients) and dc for c_{t-1}.
+template <typename T>
+void gates_backward_var(int H, const T* __restrict g, const T* __restrict cp,
+                        const T* __restrict cw, const T* __restrict tc, const T* __restrict dr,
+                        T* __restrict dc, T* __restrict dg, T* __restrict dcout,
+                        const T* __restrict chat, T crstd, const T* zc, T zc_s,
+                        T* __restrict dcn, const Var<T>& v) {
+  const T* __restrict gi = g;
+  const T* __restrict gf = g + H;
+  const T* __restrict gg = g + 2 * H;
+  const T* __restrict go = g + 3 * H;
+  T* __restrict di = dg;
+  T* __restrict df = dg + H;
+  T* __restrict dgg = dg + 2 * H;
+  T* __restrict dgo = dg + 3 * H;
+  for (int j = 0; j < H; ++j) {
+    const T o = go[j], t = tc[j];
+    dgo[j] = dr[j] * t * o * (T(1) - o);
+    dcn[j] = dr[j] * o * (T(1) - t * t);  // gradient of the cell the output reads
+  }
+  if (v.ln()) {
+    std::memcpy(dcout, dcn, sizeof(T) * H);
+    normalize_row_backward(H, dcn, v.g_c, chat, crstd);
+  }
+  if (zc) {
+    for (int j = 0; j < H; ++j) dcn[j] += dc[j] * (T(1) - zc[j]);
+  } else {
+    for (int j = 0; j < H; ++j) dcn[j] += dc[j] * (T(1) - zc_s);
+  }
+  if (v.peep)
+    for (int j = 0; j < H; ++j) dcn[j] += dgo[j] * v.peep[2 * H + j];
+  if (v.clip > 0)
+    for (int j = 0; j < H; ++j) dcn[j] = std::abs(cw[j]) < v.clip ? dcn[j] : T(0);
+  for (int j = 0; j < H; ++j) {
+    const T i = gi[j], z = gg[j], d = dcn[j];
+    di[j] = (v.coupled ? d * (z - cp[j]) : d * z) * i * (T(1) - i);
+    dgg[j] = d * i * (T(1) - z * z);
+  }
+  if (v.coupled) {
+    std::fill(df, df + H, T(0));
+  } else {
+    for (int j = 0; j < H; ++j) df[j] = dcn[j] * cp[j] * gf[j] * (T(1) - gf[j]);
+  }
+  // dc for c_{t-1}: through f, the peepholes, and zoneout's direct path.
+  if (zc) {
+    for (int j = 0; j < H; ++j) dc[j] = dcn[j] * gf[j] + dc[j] * zc[j];
+  } else {
+    for (int j = 0; j < H; ++j) dc[j] = dcn[j] * gf[j] + dc[j] * zc_s;
+  }
+  if (v.peep)
+    for (int j = 0; j < H; ++j) dc[j] += di[j] * v.peep[j] + df[j] * v.peep[H + j];
+}
+
+template <typename T>
+struct VarGrads {  // per-step gradients the backward hands to _bptt.py's sums
+  T* dgh = nullptr;    // (T, B, 4H) gradient of the raw h W_hh^T (layer norm)
+  T* dcout = nullptr;  // (T, B, H) gradient of the normalised cell (layer norm)
+  T* dhn = nullptr;    // (B, P) scratch: dh times (1 - zoneout)
+  T* dcn = nullptr;    // (H) scratch
+};
+
+template <typename T>
+void backward_var_impl(const T* dout, T* dh, T* dc, const T* gates, const T* cbuf, const T* tc,
+                       T* dG, T* dht, const T* w_hh, const T* w_hr, const Steps& st, int H,
+                       int P, T* dr_buf, T* dh_buf, const Var<T>& v, const VarBufs<T>& vb,
+                       const VarGrads<T>& vg) {
+  const int B = st.B, G = 4 * H;
+  const bool proj = w_hr != nullptr;
+  for (int s = st.T - 1; s >= 0; --s) {
+    const int t = st.time(s), n = st.rows[t];
+    const T* g = gates + (int64_t)t * B * G;
+    const T* cp = cbuf + (int64_t)st.read(t) * B * H;
+    const T* cw = v.zone_c() ? vb.cnew + (int64_t)t * B * H : cbuf + (int64_t)st.write(t) * B * H;
+    const T* tct = tc + (int64_t)t * B * H;
+    T* dg = dG + (int64_t)t * B * G;
+    T* dgh = v.ln() ? vg.dgh + (int64_t)t * B * G : dg;
+    if (dout) {
+      const T* d = dout + (int64_t)t * B * P;
+      for (int b = 0; b < n; ++b)
+        if (st.live(t, b))
+          for (int j = 0; j < P; ++j) dh[b * P + j] += d[b * P + j];
+    }
+    // dh_new = dh (1 - z_h): the gradient reaching this step's fresh h.
+    const T* dhn = dh;
+    if (v.zone_h()) {
+      for (int b = 0; b < n; ++b) {
+        const T* z = v.zh ? v.zh + ((int64_t)t * B + b) * P : nullptr;
+        for (int j = 0; j < P; ++j)
+          vg.dhn[b * P + j] = dh[b * P + j] * (T(1) - (z ? z[j] : v.zh_s));
+      }
+      dhn = vg.dhn;
+    }
+    const T* dr = dhn;
+    if (proj) {
+      T* dhtt = dht + (int64_t)t * B * P;
+      for (int b = 0; b < B; ++b) {
+        if (b < n && st.live(t, b)) {
+          std::memcpy(dhtt + b * P, dhn + b * P, sizeof(T) * P);
+        } else {
+          std::fill(dhtt + b * P, dhtt + (b + 1) * P, T(0));
+        }
+      }
+      if (n > 0) mm_nn<T>(n, H, P, dhn, w_hr, dr_buf);
+      dr = dr_buf;
+    }
+    for (int b = 0; b < B; ++b) {
+      T* dcout = v.ln() ? vg.dcout + ((int64_t)t * B + b) * H : nullptr;
+      if (b < n && st.live(t, b)) {
+        const int64_t row = (int64_t)t * B + b;
+        gates_backward_var(H, g + b * G, cp + b * H, cw + b * H, tct + b * H, dr + b * H,
+                           dc + b * H, dg + b * G, dcout, v.ln() ? vb.chat + row * H : nullptr,
+                           v.ln() ? vb.crstd[row] : T(0), v.zc ? v.zc + row * H : nullptr,
+                           v.zc_s, vg.dcn, v);
+        if (v.ln()) {
+          std::memcpy(dgh + b * G, dg + b * G, sizeof(T) * G);
+          normalize_row_backward(G, dgh + b * G, v.g_hh, vb.ghat + row * G, vb.grstd[row]);
+        }
+      } else {
+        std::fill(dg + b * G, dg + (b + 1) * G, T(0));
+        if (v.ln()) {
+          std::fill(dgh + b * G, dgh + (b + 1) * G, T(0));
+          std::fill(dcout, dcout + H, T(0));
+        }
+      }
+    }
+    if (n == 0) continue;
+    mm_nn<T>(n, P, G, dgh, w_hh, dh_buf);  // the gradient of the h the gates read
+    for (int b = 0; b < n; ++b) {
+      if (!st.live(t, b)) continue;
+      const T* m = v.h_mask ? v.h_mask + (int64_t)b * P : nullptr;
+      const T* z = v.zh ? v.zh + ((int64_t)t * B + b) * P : nullptr;
+      for (int j = 0; j < P; ++j) {
+        T d = dh_buf[b * P + j];
+        if (m) d *= m[j];
+        if (v.zone_h()) d += dh[b * P + j] * (z ? z[j] : v.zh_s);
+        dh[b * P + j] = d;
+      }
+    }
+  }
+}
+
+template <typename T>
+const T* opt_ptr(const c10::optional<at::Tensor>& t) {
+  return t && t->defined() ? t->data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+Var<T> make_var(const c10::optional<at::Tensor>& peep, const c10::optional<at::Tensor>& g_hh,
+                const c10::optional<at::Tensor>& g_c, const c10::optional<at::Tensor>& b_c,
+                bool coupled, double clip, const c10::optional<at::Tensor>& h_mask,
+                const c10::optional<at::Tensor>& zc, double zc_s,
+                const c10::optional<at::Tensor>& zh, double zh_s) {
+  Var<T> v;
+  v.peep = opt_ptr<T>(peep);
+  v.g_hh = opt_ptr<T>(g_hh);
+  v.g_c = opt_ptr<T>(g_c);
+  v.b_c = opt_ptr<T>(b_c);
+  v.coupled = coupled;
+  v.clip = T(clip);
+  v.h_mask = opt_ptr<T>(h_mask);
+  v.zc = opt_ptr<T>(zc);
+  v.zh = opt_ptr<T>(zh);
+  v.zc_s = T(zc_s);
+  v.zh_s = T(zh_s);
+  return v;
+}
+
+at::Tensor undef_or(bool want, at::IntArrayRef shape, const at::TensorOptions& opt) {
+  return want ? at::empty(shape, opt) : at::Tensor();
+}
+
+// Variants' forward: see Loops.forward in _bptt.py. Returns hbuf, c_n, cbuf, tc, r, cnew,
+// ghat, grstd, chat, crstd (undefined where unused; only hbuf and c_n without save).
+std::vector<at::Tensor> forward_var(at::Tensor xg, at::Tensor h0, at::Tensor c0, at::Tensor w_hh,
+                                    c10::optional<at::Tensor> w_hr,
+                                    c10::optional<at::Tensor> mask, bool reverse, bool save,
+                                    c10::optional<at::Tensor> peep,
+                                    c10::optional<at::Tensor> g_hh,
+                                    c10::optional<at::Tensor> g_c,
+                                    c10::optional<at::Tensor> b_c, bool coupled, double clip,
+                                    c10::optional<at::Tensor> h_mask,
+                                    c10::optional<at::Tensor> zc, double zc_s,
+                                    c10::optional<at::Tensor> zh, double zh_s) {
+  TORCH_CHECK(xg.is_contiguous() && w_hh.is_contiguous(), "native: expects contiguous tensors");
+  const int T = xg.size(0), B = xg.size(1), H = xg.size(2) / 4, P = w_hh.size(1), G = 4 * H;
+  const auto opt = xg.options();
+  const int n = save ? T : 1;
+  const bool ln = g_hh.has_value() && g_hh->defined();
+  const bool zone_c = (zc && zc->defined()) || zc_s != 0;
+  at::Tensor hbuf = at::empty({T + 1, B, P}, opt);
+  at::Tensor cbuf = at::empty({save ? T + 1 : 2, B, H}, opt);
+  hbuf[reverse ? T : 0].copy_(h0);
+  cbuf[reverse && save ? T : 0].copy_(c0);
+  at::Tensor tc = at::empty({n, B, H}, opt);
+  at::Tensor r = undef_or(w_hr.has_value(), {n, B, H}, opt);
+  at::Tensor cnew = undef_or(zone_c && save, {T, B, H}, opt);
+  at::Tensor ghat = undef_or(ln, {n, B, G}, opt), grstd = undef_or(ln, {n, B}, opt);
+  at::Tensor chat = undef_or(ln, {n, B, H}, opt), crstd = undef_or(ln, {n, B}, opt);
+  at::Tensor scratch = at::empty({B, std::max(G, P)}, opt), scratch2 = at::empty({B, G}, opt);
+  Steps st(T, B, reverse, mask);
+  pybind11::gil_scoped_release no_gil;
+  AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "lstm_native_forward_var", [&] {
+    using S = scalar_t;
+    auto v = make_var<S>(peep, g_hh, g_c, b_c, coupled, clip, h_mask, zc, zc_s, zh, zh_s);
+    VarBufs<S> vb;
+    auto p = [](at::Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; };
+    vb.cnew = p(cnew);
+    vb.ghat = p(ghat);
+    vb.grstd = p(grstd);
+    vb.chat = p(chat);
+    vb.crstd = p(crstd);
+    vb.scratch = p(scratch);
+    vb.scratch2 = p(scratch2);
+    forward_var_impl<S>(xg.data_ptr<S>(), hbuf.data_ptr<S>(), cbuf.data_ptr<S>(), tc.data_ptr<S>(),
+                        p(r), w_hh.data_ptr<S>(), ptr_or_null<S>(w_hr), st, H, P, save, v, vb);
+  });
+  at::Tensor c_n = cbuf[save ? (reverse ? 0 : T) : T % 2].clone();
+  if (!save) return {hbuf, c_n};
+  return {hbuf, c_n, cbuf, tc, r, cnew, ghat, grstd, chat, crstd};
+}
+
+// Variants' backward: see Loops.backward in _bptt.py. Returns dG, dht, dh0, dc0, dgh, dcout.
+std::vector<at::Tensor> backward_var(
+    c10::optional<at::Tensor> dout, c10::optional<at::Tensor> dh_n,
+    c10::optional<at::Tensor> dc_n, at::Tensor gates, at::Tensor cbuf, at::Tensor tc,
+    at::Tensor w_hh, c10::optional<at::Tensor> w_hr, c10::optional<at::Tensor> mask,
+    bool reverse, c10::optional<at::Tensor> peep, c10::optional<at::Tensor> g_hh,
+    c10::optional<at::Tensor> g_c, c10::optional<at::Tensor> b_c, bool coupled, double clip,
+    c10::optional<at::Tensor> h_mask, c10::optional<at::Tensor> zc, double zc_s,
+    c10::optional<at::Tensor> zh, double zh_s, c10::optional<at::Tensor> cnew,
+    c10::optional<at::Tensor> ghat, c10::optional<at::Tensor> grstd,
+    c10::optional<at::Tensor> chat, c10::optional<at::Tensor> crstd) {
+  const int T = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, P = w_hh.size(1);
+  const auto opt = gates.options();
+  const bool ln = g_hh.has_value() && g_hh->defined();
+  at::Tensor dG = at::empty({T, B, 4 * H}, opt);
+  at::Tensor dht = undef_or(w_hr.has_value(), {T, B, P}, opt);
+  at::Tensor dgh = undef_or(ln, {T, B, 4 * H}, opt), dcout = undef_or(ln, {T, B, H}, opt);
+  at::Tensor dh = dh_n ? dh_n->clone() : at::zeros({B, P}, opt);
+  at::Tensor dc = dc_n ? dc_n->clone() : at::zeros({B, H}, opt);
+  at::Tensor dr_buf = at::empty({B, H}, opt), dh_buf = at::empty({B, P}, opt);
+  at::Tensor dhn = at::empty({B, P}, opt), dcn = at::empty({H}, opt);
+  Steps st(T, B, reverse, mask);
+  pybind11::gil_scoped_release no_gil;
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_native_backward_var", [&] {
+    using S = scalar_t;
+    auto v = make_var<S>(peep, g_hh, g_c, b_c, coupled, clip, h_mask, zc, zc_s, zh, zh_s);
+    VarBufs<S> vb;
+    vb.cnew = const_cast<S*>(opt_ptr<S>(cnew));
+    vb.ghat = const_cast<S*>(opt_ptr<S>(ghat));
+    vb.grstd = const_cast<S*>(opt_ptr<S>(grstd));
+    vb.chat = const_cast<S*>(opt_ptr<S>(chat));
+    vb.crstd = const_cast<S*>(opt_ptr<S>(crstd));
+    VarGrads<S> vg;
+    vg.dgh = ln ? dgh.data_ptr<S>() : nullptr;
+    vg.dcout = ln ? dcout.data_ptr<S>() : nullptr;
+    vg.dhn = dhn.data_ptr<S>();
+    vg.dcn = dcn.data_ptr<S>();
+    backward_var_impl<S>(ptr_or_null<S>(dout), dh.data_ptr<S>(), dc.data_ptr<S>(),
+                         gates.data_ptr<S>(), cbuf.data_ptr<S>(), tc.data_ptr<S>(),
+                         dG.data_ptr<S>(), w_hr ? dht.data_ptr<S>() : nullptr,
+                         w_hh.data_ptr<S>(), ptr_or_null<S>(w_hr), st, H, P,
+                         dr_buf.data_ptr<S>(), dh_buf.data_ptr<S>(), v, vb, vg);
+  });
+  return {dG, dht, dh, dc, dgh, dcout};
+}
+
 // For measuring and tests: the batch up to which the handwritten loops may run (0: BLAS
 // always), the work per step from which they use the intra-op threads, and whether the
 // batch limit also depends on the weight's size (small_batch).
@@ -530,5 +987,7 @@ void set_tuning(int small_b, int64_t par_min, bool by_size) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "LSTM forward recurrence (one layer, one direction)");
   m.def("backward", &backward, "LSTM backward recurrence (one layer, one direction)");
+  m.def("forward_var", &forward_var, "LSTM forward recurrence with variants");
+  m.def("backward_var", &backward_var, "LSTM backward recurrence with variants");
   m.def("set_tuning", &set_tuning, "small-batch threshold and parallel work threshold");
 }
