@@ -12,7 +12,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lstmkit.variants import CellExtras, Variant, draw_masks, init_gate_biases
+from lstmkit.variants import (
+    CellExtras,
+    Variant,
+    draw_sequence_masks,
+    draw_zoneout,
+    init_gate_biases,
+)
 
 LN_EPS = 1e-5
 
@@ -210,7 +216,7 @@ class LSTMCell(nn.Module):
     def draw_masks(self, batch_size: int) -> dict:
         """The recurrent dropout and weight drop masks of one sequence (None in evaluation)."""
         H = self.hidden_size
-        return draw_masks(self.variant, self.training, 1, batch_size, H, H, self.weight_hh)
+        return draw_sequence_masks(self.variant, self.training, batch_size, H, H, self.weight_hh)
 
     def forward(
         self, x: Tensor, hx: tuple[Tensor, Tensor] | None = None, masks: dict | None = None
@@ -253,7 +259,7 @@ class LSTMCell(nn.Module):
             raise ValueError(
                 f"LSTMCell: masks were drawn for batch {masks['h_mask'].size(0)}, got {B}"
             )
-        zone = draw_masks(v, self.training, 1, B, H, H, x)
+        zone = draw_zoneout(v, self.training, 1, B, H, H, x)
         extras = variant_extras(self, v, "", masks if needs_masks else {}, zone)
         w_hh = self.weight_hh
         if needs_masks and masks["weight_drop"] is not None:

@@ -184,34 +184,52 @@ class CellExtras:
         return at(self.zoneout_c), at(self.zoneout_h)
 
 
-def draw_masks(
-    variant: Variant, training: bool, T: int, B: int, H: int, R: int, like: Tensor
-) -> dict[str, Tensor | float | None]:
-    """The random masks of one layer in one direction, for one forward, from torch's default
-    generator (on ``like``'s device and dtype), always drawn in this order: weight drop
-    (4H, R), recurrent dropout (B, R), zoneout c (T, B, H), zoneout h (T, B, R).
+def _bernoulli(p: float, shape, like: Tensor) -> Tensor:
+    """0/1 with P(1) = p, in ``like``'s dtype, from float32 uniforms: the same pattern for
+    the same seed whatever the model's dtype."""
+    u = torch.rand(shape, device=like.device, dtype=torch.float32)
+    return (u < p).to(like.dtype)
 
-    Weight drop and recurrent dropout are scaled by 1/(1-p) (identity in expectation) and are
-    None at evaluation; zoneout masks are 0/1 "keep the previous value" in training and the
-    probability itself at evaluation."""
-    kw = {"device": like.device, "dtype": like.dtype}
 
-    def keep_scaled(p: float, *shape):
+def draw_sequence_masks(variant: Variant, training: bool, B: int, H: int, R: int, like: Tensor):
+    """Weight drop (4H, R) then recurrent dropout (B, R): kept units scaled by 1/(1-p) (the
+    identity in expectation), one mask for a whole sequence; None at evaluation or p = 0."""
+
+    def keep(p: float, *shape):
         if not training or p == 0:
             return None
-        return torch.bernoulli(torch.full(shape, 1 - p, **kw)).div_(1 - p)
+        return _bernoulli(1 - p, shape, like).div_(1 - p)
+
+    return {
+        "weight_drop": keep(variant.weight_drop, 4 * H, R),
+        "h_mask": keep(variant.recurrent_dropout, B, R),
+    }
+
+
+def draw_zoneout(variant: Variant, training: bool, T: int, B: int, H: int, R: int, like: Tensor):
+    """Zoneout c (T, B, H) then h (T, B, R): 0/1 "keep the previous value" per unit and step
+    in training, the probability itself at evaluation; None where it is 0."""
 
     def zone(z: float, *shape):
         if z == 0:
             return None
-        return torch.bernoulli(torch.full(shape, z, **kw)) if training else z
+        return _bernoulli(z, shape, like) if training else z
 
     return {
-        "weight_drop": keep_scaled(variant.weight_drop, 4 * H, R),
-        "h_mask": keep_scaled(variant.recurrent_dropout, B, R),
         "zoneout_c": zone(variant.zoneout_c, T, B, H),
         "zoneout_h": zone(variant.zoneout_h, T, B, R),
     }
+
+
+def draw_masks(
+    variant: Variant, training: bool, T: int, B: int, H: int, R: int, like: Tensor
+) -> dict[str, Tensor | float | None]:
+    """Every random mask of one layer in one direction for one forward, from torch's default
+    generator, always in this order: weight drop, recurrent dropout, zoneout c, zoneout h
+    (see :func:`draw_sequence_masks` and :func:`draw_zoneout`)."""
+    return draw_sequence_masks(variant, training, B, H, R, like) | draw_zoneout(
+        variant, training, T, B, H, R, like
+    )
 
 
 def init_gate_biases(variant: Variant, bias_ih: Tensor, bias_hh: Tensor, H: int) -> None:

@@ -690,6 +690,11 @@ void forward_var_impl(T* xg, T* hbuf, T* cbuf, T* tc, T* r, const T* w_hh, const
         } else {
           std::memcpy(hn + b * P, hp + b * P, sizeof(T) * P);
         }
+        if (v.zone_c()) std::fill(cw + b * H, cw + (b + 1) * H, T(0));  // read by sums, times 0
+        if (v.ln()) {  // finite zeros: the sums of the gains' gradients read every row
+          std::fill(vb.ghat + (k * B + b) * G, vb.ghat + (k * B + b + 1) * G, T(0));
+          std::fill(vb.chat + (k * B + b) * H, vb.chat + (k * B + b + 1) * H, T(0));
+        }
       }
     }
     if (proj && n > 0) mm_nt<T>(n, P, H, rt, w_hr, hn, false);
