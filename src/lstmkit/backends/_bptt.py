@@ -49,55 +49,40 @@ class Loops(Protocol):
         Returns (dG (T, B, 4H) pre-activation gate gradients, zero on dead steps;
         dht (T, B, P) | None the gradient reaching each projected h_t, zero on dead steps;
         dh0 (B, P); dc0 (B, H); then, with variants, a dict with "dgh" (T, B, 4H) the gradient
-        of the raw recurrent projection (layer norm; otherwise it is dG) and "dcout" (T, B, H)
-        the gradient of the normalised cell (layer norm), zero on dead steps)."""
+        of the raw recurrent projection (layer norm; otherwise it is dG), and the variant
+        parameters' gradients summed over every step: "dpeep" (3H,), "dg_hh" (4H,), "dg_c"
+        and "db_c" (H,))."""
+
+    def norm_rows(self, v, gain, shift, save):
+        """Layer norm of the rows of v (..., n) (overwritten): (v̂·gain + shift, v̂, 1/std),
+        the last two None unless ``save``."""
+
+    def norm_rows_backward(self, dy, gain, vhat, rstd):
+        """(dv, dgain) from dy, the gradient of norm_rows' output."""
 
 
-LN_EPS = 1e-5  # as lstmkit.cell.LN_EPS
-
-
-def normalize(v: Tensor) -> tuple[Tensor, Tensor]:
-    """Rows of v (..., N) as (v - mean) / sqrt(var + eps), and 1/sqrt(var + eps) (...)."""
-    var, mean = torch.var_mean(v, dim=-1, correction=0)
-    rstd = torch.rsqrt(var + LN_EPS)
-    return (v - mean.unsqueeze(-1)) * rstd.unsqueeze(-1), rstd
-
-
-def normalize_backward(dy: Tensor, vhat: Tensor, rstd: Tensor) -> Tensor:
-    """The gradient of v from that of vhat = normalize(v)[0], row by row."""
-    m1 = dy.mean(-1, keepdim=True)
-    m2 = (dy * vhat).mean(-1, keepdim=True)
-    return (dy - m1 - vhat * m2) * rstd.unsqueeze(-1)
-
-
-def input_projection(
-    x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, g_ih: Tensor | None = None
-):
-    """x (T, B, I) -> x·W_ih^T + b_ih + b_hh as (T, B, 4H), one GEMM for every step.
-
-    With a layer-norm gain ``g_ih`` (4H,): LN(x·W_ih^T)·g_ih + b_ih + b_hh, returned with the
-    normalised projection and its 1/std, ``(xg, xhat, rstd)``, for the backward."""
+def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
+    """x (T, B, I) -> x·W_ih^T + b_ih + b_hh as (T, B, 4H), one GEMM for every step."""
     T, B, I = x.shape
     x2 = x.reshape(T * B, I)
-    if g_ih is not None:
-        xhat, rstd = normalize(torch.mm(x2, w_ih.t()).view(T, B, -1))
-        xg = xhat * g_ih
-        if b_ih is not None:
-            xg += b_ih + b_hh
-        return xg, xhat, rstd
     xg = torch.mm(x2, w_ih.t()) if b_ih is None else torch.addmm(b_ih + b_hh, x2, w_ih.t())
     return xg.view(T, B, -1)
 
 
-def _g_ih(ex) -> Tensor | None:
-    return None if ex is None or ex.layer_norm is None else ex.layer_norm[0]
+def normed_projection(loops, x, w_ih, b_ih, b_hh, g_ih, save: bool):
+    """Layer norm's input projection: LN(x·W_ih^T)·g_ih + b_ih + b_hh as (T, B, 4H), with the
+    normalised projection and its 1/std for the backward (None unless ``save``)."""
+    T, B, I = x.shape
+    raw = torch.mm(x.reshape(T * B, I), w_ih.t()).view(T, B, -1)
+    shift = None if b_ih is None else b_ih + b_hh
+    return loops.norm_rows(raw, g_ih, shift, save)
 
 
-def _project(x, w_ih, b_ih, b_hh, ex) -> Tensor:
+def _project(loops, x, w_ih, b_ih, b_hh, ex) -> Tensor:
     """The input projection for inference (layer norm applied when the variant has it)."""
-    g_ih = _g_ih(ex)
-    res = input_projection(x, w_ih, b_ih, b_hh, g_ih)
-    return res if g_ih is None else res[0]
+    if ex is None or ex.layer_norm is None:
+        return input_projection(x, w_ih, b_ih, b_hh)
+    return normed_projection(loops, x, w_ih, b_ih, b_hh, ex.layer_norm[0], False)[0]
 
 
 def time_mask(lengths: Tensor | None, T: int, device) -> Tensor | None:
@@ -145,7 +130,7 @@ def forward_no_grad(
     mask = time_mask(lengths, T, x.device)
     n = chunk_steps(T, B, w_ih.size(0), x.element_size())
     if n >= T:
-        xg = _project(x, w_ih, b_ih, b_hh, ex)
+        xg = _project(loops, x, w_ih, b_ih, b_hh, ex)
         hbuf, c_n, *_ = loops.forward(xg, h0, c0, w_hh, w_hr, mask, reverse, False, ex)
         return _outputs(hbuf, c_n, mask, reverse, saved=False)
     out = x.new_empty(T, B, w_hh.size(1))
@@ -153,7 +138,7 @@ def forward_no_grad(
     starts = range(0, T, n)
     for t0 in reversed(starts) if reverse else starts:
         t1 = min(t0 + n, T)
-        xg = _project(x[t0:t1], w_ih, b_ih, b_hh, ex)
+        xg = _project(loops, x[t0:t1], w_ih, b_ih, b_hh, ex)
         m = None if mask is None else mask[t0:t1]
         hbuf, c, *_ = loops.forward(xg, h, c, w_hh, w_hr, m, reverse, False, _chunk(ex, t0, t1))
         out[t0:t1] = hbuf[:-1] if reverse else hbuf[1:]
@@ -188,7 +173,7 @@ class LSTMFunction(torch.autograd.Function):
         if g_ih is None:
             xg = input_projection(x, w_ih, b_ih, b_hh)
         else:
-            xg, xhat, rstd = input_projection(x, w_ih, b_ih, b_hh, g_ih)
+            xg, xhat, rstd = normed_projection(loops, x, w_ih, b_ih, b_hh, g_ih, True)
         mask = time_mask(lengths, x.size(0), x.device)
         hbuf, c_n, cbuf, tc, r, *aux = loops.forward(
             xg, h0, c0, w_hh, w_hr, mask, reverse, True, *([ex] if ex is not None else [])
@@ -220,9 +205,8 @@ class LSTMFunction(torch.autograd.Function):
         dxg = dG2  # gradient of x·W_ih^T
         dg_ih = None
         if xhat is not None:
-            dxhat = dG * ex.layer_norm[0]
-            dg_ih = (dG * xhat).sum((0, 1)) if needs[9] else None
-            dxg = normalize_backward(dxhat, xhat, rstd).view(T * B, -1)
+            dxg, dg_ih = ctx.loops.norm_rows_backward(dG, ex.layer_norm[0], xhat, rstd)
+            dxg = dxg.view(T * B, -1)
         dx = torch.mm(dxg, w_ih).view(T, B, I) if needs[0] else None
         dw_ih = torch.mm(dxg.t(), x.view(T * B, I)) if needs[3] else None
         dw_hh = torch.mm(dgh.t(), hprev.reshape(T * B, -1)) if needs[4] else None
@@ -233,34 +217,15 @@ class LSTMFunction(torch.autograd.Function):
         dh0 = dh0 if needs[1] else None
         dc0 = dc0 if needs[2] else None
         db2 = None if db is None else db.clone()  # each bias gets its own gradient tensor
-        dvar = _variant_grads(ctx, dG, gates, cbuf, vg, needs) if ex is not None else [None] * 4
-        return (dx, dh0, dc0, dw_ih, dw_hh, db, db2, dw_hr, dvar[0], dg_ih, *dvar[1:],
+        dvar = [vg.get(k) if needs[i] else None for i, k in enumerate(_VGRADS, start=8)]
+        dg_ih = dg_ih if needs[9] else None
+        return (dx, dh0, dc0, dw_ih, dw_hh, db, db2, dw_hr, dvar[0], dg_ih, *dvar[2:],
                 None, None, None, None)  # fmt: skip
 
 
-def _variant_grads(ctx, dG, gates, cbuf, vg, needs) -> list:
-    """Gradients of the peephole weights and of g_hh, g_c, b_c: sums over every step."""
-    ex, aux, reverse = ctx.ex, ctx.aux, ctx.reverse
-    H = gates.size(2) // 4
-    dpeep = dg_hh = dg_c = db_c = None
-    if ex.peephole is not None and needs[8]:
-        cprev = cbuf[1:] if reverse else cbuf[:-1]
-        cnew = aux["cnew"] if "cnew" in aux else (cbuf[:-1] if reverse else cbuf[1:])
-        dpeep = torch.cat(
-            [
-                (dG[..., :H] * cprev).sum((0, 1)),
-                (dG[..., H : 2 * H] * cprev).sum((0, 1)),
-                (dG[..., 3 * H :] * cnew).sum((0, 1)),
-            ]
-        )
-    if ex.layer_norm is not None:
-        if needs[10]:
-            dg_hh = (dG * aux["ghat"]).sum((0, 1))
-        if needs[11]:
-            dg_c = (vg["dcout"] * aux["chat"]).sum((0, 1))
-        if needs[12]:
-            db_c = vg["dcout"].sum((0, 1))
-    return [dpeep, dg_hh, dg_c, db_c]
+# The variant parameters' gradients a loops backward returns, in LSTMFunction's input order
+# from input 8 (g_ih's, input 9, comes from norm_rows_backward).
+_VGRADS = ("dpeep", "dg_ih", "dg_hh", "dg_c", "db_c")
 
 
 def run_with(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex=None):

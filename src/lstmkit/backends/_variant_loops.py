@@ -9,8 +9,38 @@ follow this file step for step.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-from lstmkit.backends._bptt import normalize, normalize_backward
+LN_EPS = 1e-5  # as lstmkit.cell.LN_EPS
+
+
+def normalize(v: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows of v (..., N) as (v - mean) / sqrt(var + eps), and 1/sqrt(var + eps) (...)."""
+    centred = v - v.mean(-1, keepdim=True)
+    rstd = torch.rsqrt((centred * centred).mean(-1) + LN_EPS)
+    return centred.mul_(rstd.unsqueeze(-1)), rstd
+
+
+def normalize_backward(dy: Tensor, vhat: Tensor, rstd: Tensor) -> Tensor:
+    """The gradient of v from that of vhat = normalize(v)[0], row by row."""
+    m1 = dy.mean(-1, keepdim=True)
+    m2 = (dy * vhat).mean(-1, keepdim=True)
+    return (dy - m1 - vhat * m2) * rstd.unsqueeze(-1)
+
+
+def norm_rows(v: Tensor, gain: Tensor, shift: Tensor | None, save: bool):
+    """See ``Loops.norm_rows`` in :mod:`._bptt`."""
+    vhat, rstd = normalize(v)
+    y = vhat * gain
+    if shift is not None:
+        y += shift
+    return (y, vhat, rstd) if save else (y, None, None)
+
+
+def norm_rows_backward(dy: Tensor, gain: Tensor, vhat: Tensor, rstd: Tensor):
+    """See ``Loops.norm_rows_backward`` in :mod:`._bptt`."""
+    dgain = (dy * vhat).sum(tuple(range(dy.dim() - 1)))
+    return normalize_backward(dy * gain, vhat, rstd), dgain
 
 
 def _z(z, t):
@@ -176,5 +206,26 @@ def backward(dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, ex
         if m is not None:  # dead steps pass the gradient through untouched
             dh_prev, dc_prev = torch.where(m, dh_prev, dh), torch.where(m, dc_prev, dc)
         dh, dc = dh_prev, dc_prev
-    extra = {"dgh": dgh, "dcout": dcout} if ln else {}
-    return dG, dht, dh, dc, extra
+    return dG, dht, dh, dc, _parameter_grads(dG, dgh, dcout, cbuf, reverse, ex, aux)
+
+
+def _parameter_grads(dG, dgh, dcout, cbuf, reverse, ex, aux) -> dict:
+    """The sums over every step: peephole weights, layer-norm gains and shift; and dgh."""
+    H = dG.size(2) // 4
+    out = {}
+    if ex.peephole is not None:
+        cprev = cbuf[1:] if reverse else cbuf[:-1]
+        cnew = aux["cnew"] if "cnew" in aux else (cbuf[:-1] if reverse else cbuf[1:])
+        out["dpeep"] = torch.cat(
+            [
+                (dG[..., :H] * cprev).sum((0, 1)),
+                (dG[..., H : 2 * H] * cprev).sum((0, 1)),
+                (dG[..., 3 * H :] * cnew).sum((0, 1)),
+            ]
+        )
+    if ex.layer_norm is not None:
+        out["dgh"] = dgh
+        out["dg_hh"] = (dG * aux["ghat"]).sum((0, 1))
+        out["dg_c"] = (dcout * aux["chat"]).sum((0, 1))
+        out["db_c"] = dcout.sum((0, 1))
+    return out

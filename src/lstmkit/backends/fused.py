@@ -128,6 +128,9 @@ class _PythonLoops:
                 torch.where(m, dh_next, dh, out=dh)
         return dG, dht, dh, dc
 
+    norm_rows = staticmethod(_variant_loops.norm_rows)
+    norm_rows_backward = staticmethod(_variant_loops.norm_rows_backward)
+
 
 LOOPS = _PythonLoops()
 

@@ -154,9 +154,16 @@ class _NativeLoops:
         if ex is None:
             return tuple(self.ext.backward(*args))
         saved = [aux.get(k) for k in _AUX]
-        dG, dht, dh, dc, dgh, dcout = self.ext.backward_var(*args, *_variant_args(ex), *saved)
-        extra = {"dgh": dgh, "dcout": dcout} if ex.layer_norm is not None else {}
-        return dG, dht, dh, dc, extra
+        dG, dht, dh, dc, *grads = self.ext.backward_var(*args, *_variant_args(ex), *saved)
+        names = ("dgh", "dpeep", "dg_hh", "dg_c", "db_c")
+        return dG, dht, dh, dc, {k: g for k, g in zip(names, grads, strict=True) if g is not None}
+
+    def norm_rows(self, v, gain, shift, save):
+        y, vhat, rstd = self.ext.norm_rows(v.contiguous(), gain.contiguous(), _contig(shift), save)
+        return y, vhat, rstd
+
+    def norm_rows_backward(self, dy, gain, vhat, rstd):
+        return tuple(self.ext.norm_rows_backward(dy.contiguous(), gain.contiguous(), vhat, rstd))
 
 
 def run(

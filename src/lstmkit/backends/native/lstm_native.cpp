@@ -542,16 +542,45 @@ struct Var {
 
 constexpr double kLnEps = 1e-5;  // as lstmkit.cell.LN_EPS
 
+// sum_j a[j] b[j] with vector accumulators (a float reduction does not vectorise by itself:
+// the compiler may not reorder the additions).
+template <typename T>
+T vdot(int n, const T* __restrict a, const T* __restrict b) {
+  using V = Vec<T>;
+  typename V::type s0 = {}, s1 = {};
+  int j = 0;
+  for (; j + 2 * V::L <= n; j += 2 * V::L) {
+    s0 += V::load(a + j) * V::load(b + j);
+    s1 += V::load(a + j + V::L) * V::load(b + j + V::L);
+  }
+  for (; j + V::L <= n; j += V::L) s0 += V::load(a + j) * V::load(b + j);
+  T s = V::sum(s0 + s1);
+  for (; j < n; ++j) s += a[j] * b[j];
+  return s;
+}
+
+template <typename T>
+T vsum(int n, const T* __restrict a) {
+  using V = Vec<T>;
+  typename V::type s0 = {}, s1 = {};
+  int j = 0;
+  for (; j + 2 * V::L <= n; j += 2 * V::L) {
+    s0 += V::load(a + j);
+    s1 += V::load(a + j + V::L);
+  }
+  for (; j + V::L <= n; j += V::L) s0 += V::load(a + j);
+  T s = V::sum(s0 + s1);
+  for (; j < n; ++j) s += a[j];
+  return s;
+}
+
 // y = (v - mean v) / sqrt(var v + eps) over n values; returns 1 / sqrt(var + eps).
 template <typename T>
 T normalize_row(int n, const T* __restrict v, T* __restrict y) {
-  T mean = 0;
-  for (int j = 0; j < n; ++j) mean += v[j];
-  mean /= n;
-  T var = 0;
-  for (int j = 0; j < n; ++j) var += (v[j] - mean) * (v[j] - mean);
-  const T rstd = T(1) / std::sqrt(var / n + T(kLnEps));
-  for (int j = 0; j < n; ++j) y[j] = (v[j] - mean) * rstd;
+  const T mean = vsum(n, v) / n;
+  for (int j = 0; j < n; ++j) y[j] = v[j] - mean;
+  const T rstd = T(1) / std::sqrt(vdot(n, y, y) / n + T(kLnEps));
+  for (int j = 0; j < n; ++j) y[j] *= rstd;
   return rstd;
 }
 
@@ -559,14 +588,8 @@ T normalize_row(int n, const T* __restrict v, T* __restrict y) {
 template <typename T>
 void normalize_row_backward(int n, T* __restrict d, const T* __restrict gain,
                             const T* __restrict yhat, T rstd) {
-  T m1 = 0, m2 = 0;
-  for (int j = 0; j < n; ++j) {
-    d[j] *= gain[j];
-    m1 += d[j];
-    m2 += d[j] * yhat[j];
-  }
-  m1 /= n;
-  m2 /= n;
+  for (int j = 0; j < n; ++j) d[j] *= gain[j];
+  const T m1 = vsum(n, d) / n, m2 = vdot(n, d, yhat) / n;
   for (int j = 0; j < n; ++j) d[j] = (d[j] - m1 - yhat[j] * m2) * rstd;
 }
 
@@ -765,12 +788,37 @@ void gates_backward_var(int H, const T* __restrict g, const T* __restrict cp,
 }
 
 template <typename T>
-struct VarGrads {  // per-step gradients the backward hands to _bptt.py's sums
+struct VarGrads {
   T* dgh = nullptr;    // (T, B, 4H) gradient of the raw h W_hh^T (layer norm)
-  T* dcout = nullptr;  // (T, B, H) gradient of the normalised cell (layer norm)
+  T* dpeep = nullptr;  // (3H,) sums over every step: the peepholes' gradients
+  T* dg_hh = nullptr;  // (4H,) and the layer-norm gains' and shift's
+  T* dg_c = nullptr;   // (H,)
+  T* db_c = nullptr;   // (H,)
+  T* dcout = nullptr;  // (H) scratch: gradient of the normalised cell
   T* dhn = nullptr;    // (B, P) scratch: dh times (1 - zoneout)
   T* dcn = nullptr;    // (H) scratch
 };
+
+// Add one live row's share to the parameter sums (see VarGrads).
+template <typename T>
+void accumulate_row(int H, const T* __restrict dg, const T* __restrict cp,
+                    const T* __restrict cw, const T* __restrict ghat,
+                    const T* __restrict chat, const Var<T>& v, const VarGrads<T>& vg) {
+  if (v.peep) {
+    for (int j = 0; j < H; ++j) {
+      vg.dpeep[j] += dg[j] * cp[j];
+      vg.dpeep[H + j] += dg[H + j] * cp[j];
+      vg.dpeep[2 * H + j] += dg[3 * H + j] * cw[j];
+    }
+  }
+  if (v.ln()) {
+    for (int j = 0; j < 4 * H; ++j) vg.dg_hh[j] += dg[j] * ghat[j];
+    for (int j = 0; j < H; ++j) {
+      vg.dg_c[j] += vg.dcout[j] * chat[j];
+      vg.db_c[j] += vg.dcout[j];
+    }
+  }
+}
 
 template <typename T>
 void backward_var_impl(const T* dout, T* dh, T* dc, const T* gates, const T* cbuf, const T* tc,
@@ -817,23 +865,22 @@ void backward_var_impl(const T* dout, T* dh, T* dc, const T* gates, const T* cbu
       dr = dr_buf;
     }
     for (int b = 0; b < B; ++b) {
-      T* dcout = v.ln() ? vg.dcout + ((int64_t)t * B + b) * H : nullptr;
       if (b < n && st.live(t, b)) {
         const int64_t row = (int64_t)t * B + b;
+        const T* chat = v.ln() ? vb.chat + row * H : nullptr;
+        const T* ghat = v.ln() ? vb.ghat + row * G : nullptr;
         gates_backward_var(H, g + b * G, cp + b * H, cw + b * H, tct + b * H, dr + b * H,
-                           dc + b * H, dg + b * G, dcout, v.ln() ? vb.chat + row * H : nullptr,
+                           dc + b * H, dg + b * G, vg.dcout, chat,
                            v.ln() ? vb.crstd[row] : T(0), v.zc ? v.zc + row * H : nullptr,
                            v.zc_s, vg.dcn, v);
+        accumulate_row(H, dg + b * G, cp + b * H, cw + b * H, ghat, chat, v, vg);
         if (v.ln()) {
           std::memcpy(dgh + b * G, dg + b * G, sizeof(T) * G);
-          normalize_row_backward(G, dgh + b * G, v.g_hh, vb.ghat + row * G, vb.grstd[row]);
+          normalize_row_backward(G, dgh + b * G, v.g_hh, ghat, vb.grstd[row]);
         }
       } else {
         std::fill(dg + b * G, dg + (b + 1) * G, T(0));
-        if (v.ln()) {
-          std::fill(dgh + b * G, dgh + (b + 1) * G, T(0));
-          std::fill(dcout, dcout + H, T(0));
-        }
+        if (v.ln()) std::fill(dgh + b * G, dgh + (b + 1) * G, T(0));
       }
     }
     if (n == 0) continue;
@@ -932,7 +979,8 @@ std::vector<at::Tensor> forward_var(at::Tensor xg, at::Tensor h0, at::Tensor c0,
   return {hbuf, c_n, cbuf, tc, r, cnew, ghat, grstd, chat, crstd};
 }
 
-// Variants' backward: see Loops.backward in _bptt.py. Returns dG, dht, dh0, dc0, dgh, dcout.
+// Variants' backward: see Loops.backward in _bptt.py. Returns dG, dht, dh0, dc0, dgh, and the
+// parameter sums dpeep, dg_hh, dg_c, db_c (undefined where unused).
 std::vector<at::Tensor> backward_var(
     c10::optional<at::Tensor> dout, c10::optional<at::Tensor> dh_n,
     c10::optional<at::Tensor> dc_n, at::Tensor gates, at::Tensor cbuf, at::Tensor tc,
@@ -948,7 +996,12 @@ std::vector<at::Tensor> backward_var(
   const bool ln = g_hh.has_value() && g_hh->defined();
   at::Tensor dG = at::empty({T, B, 4 * H}, opt);
   at::Tensor dht = undef_or(w_hr.has_value(), {T, B, P}, opt);
-  at::Tensor dgh = undef_or(ln, {T, B, 4 * H}, opt), dcout = undef_or(ln, {T, B, H}, opt);
+  at::Tensor dgh = undef_or(ln, {T, B, 4 * H}, opt), dcout = at::empty({H}, opt);
+  const bool has_peep = peep.has_value() && peep->defined();
+  at::Tensor dpeep = has_peep ? at::zeros({3 * H}, opt) : at::Tensor();
+  at::Tensor dg_hh = ln ? at::zeros({4 * H}, opt) : at::Tensor();
+  at::Tensor dg_c = ln ? at::zeros({H}, opt) : at::Tensor();
+  at::Tensor db_c = ln ? at::zeros({H}, opt) : at::Tensor();
   at::Tensor dh = dh_n ? dh_n->clone() : at::zeros({B, P}, opt);
   at::Tensor dc = dc_n ? dc_n->clone() : at::zeros({B, H}, opt);
   at::Tensor dr_buf = at::empty({B, H}, opt), dh_buf = at::empty({B, P}, opt);
@@ -966,7 +1019,11 @@ std::vector<at::Tensor> backward_var(
     vb.crstd = const_cast<S*>(opt_ptr<S>(crstd));
     VarGrads<S> vg;
     vg.dgh = ln ? dgh.data_ptr<S>() : nullptr;
-    vg.dcout = ln ? dcout.data_ptr<S>() : nullptr;
+    vg.dcout = dcout.data_ptr<S>();
+    vg.dpeep = has_peep ? dpeep.data_ptr<S>() : nullptr;
+    vg.dg_hh = ln ? dg_hh.data_ptr<S>() : nullptr;
+    vg.dg_c = ln ? dg_c.data_ptr<S>() : nullptr;
+    vg.db_c = ln ? db_c.data_ptr<S>() : nullptr;
     vg.dhn = dhn.data_ptr<S>();
     vg.dcn = dcn.data_ptr<S>();
     backward_var_impl<S>(ptr_or_null<S>(dout), dh.data_ptr<S>(), dc.data_ptr<S>(),
@@ -975,7 +1032,77 @@ std::vector<at::Tensor> backward_var(
                          w_hh.data_ptr<S>(), ptr_or_null<S>(w_hr), st, H, P,
                          dr_buf.data_ptr<S>(), dh_buf.data_ptr<S>(), v, vb, vg);
   });
-  return {dG, dht, dh, dc, dgh, dcout};
+  return {dG, dht, dh, dc, dgh, dpeep, dg_hh, dg_c, db_c};
+}
+
+// ---- Layer norm of the input projection, for all steps at once ------------------------------
+// Rows (N, n) of x W_ih^T: y = (v - mean) / std * gain (+ shift), in place; vhat and rstd are
+// kept for the backward when asked. One pass per row in cache, rows split over threads
+// (torch's var_mean reduces a short last dimension slowly).
+std::vector<at::Tensor> norm_rows(at::Tensor v, at::Tensor gain, c10::optional<at::Tensor> shift,
+                                  bool save) {
+  TORCH_CHECK(v.is_contiguous() && gain.is_contiguous(), "native: expects contiguous tensors");
+  const int64_t n = v.size(-1), N = v.numel() / n;
+  at::Tensor vhat = save ? at::empty_like(v) : at::Tensor();
+  at::Tensor rstd = save ? at::empty(v.sizes().slice(0, v.dim() - 1), v.options()) : at::Tensor();
+  pybind11::gil_scoped_release no_gil;
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "lstm_native_norm_rows", [&] {
+    using S = scalar_t;
+    S* pv = v.data_ptr<S>();
+    const S* g = gain.data_ptr<S>();
+    const S* b = opt_ptr<S>(shift);
+    S* ph = save ? vhat.data_ptr<S>() : nullptr;
+    S* pr = save ? rstd.data_ptr<S>() : nullptr;
+    at::parallel_for(0, N, 64, [&](int64_t r0, int64_t r1) {
+      std::vector<S> tmp(n);
+      for (int64_t r = r0; r < r1; ++r) {
+        S* row = pv + r * n;
+        S* hat = ph ? ph + r * n : tmp.data();
+        const S rs = normalize_row<S>(n, row, hat);
+        if (pr) pr[r] = rs;
+        if (b) {
+          for (int64_t j = 0; j < n; ++j) row[j] = hat[j] * g[j] + b[j];
+        } else {
+          for (int64_t j = 0; j < n; ++j) row[j] = hat[j] * g[j];
+        }
+      }
+    });
+  });
+  return {v, vhat, rstd};
+}
+
+// The backward of norm_rows: from dy (N, n), dv (N, n) and the gain's gradient (n,).
+std::vector<at::Tensor> norm_rows_backward(at::Tensor dy, at::Tensor gain, at::Tensor vhat,
+                                           at::Tensor rstd) {
+  TORCH_CHECK(dy.is_contiguous() && vhat.is_contiguous(), "native: expects contiguous tensors");
+  const int64_t n = dy.size(-1), N = dy.numel() / n;
+  at::Tensor dv = at::empty_like(dy);
+  const int nt = at::get_num_threads();
+  at::Tensor partial = at::zeros({nt, n}, dy.options());
+  pybind11::gil_scoped_release no_gil;
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "lstm_native_norm_rows_backward", [&] {
+    using S = scalar_t;
+    const S* pd = dy.data_ptr<S>();
+    const S* g = gain.data_ptr<S>();
+    const S* ph = vhat.data_ptr<S>();
+    const S* pr = rstd.data_ptr<S>();
+    S* out = dv.data_ptr<S>();
+    S* acc0 = partial.data_ptr<S>();
+    at::parallel_for(0, N, 64, [&](int64_t r0, int64_t r1) {
+      S* acc = acc0 + (int64_t)at::get_thread_num() * n;
+      for (int64_t r = r0; r < r1; ++r) {
+        const S* d = pd + r * n;
+        const S* hat = ph + r * n;
+        S* o = out + r * n;
+        for (int64_t j = 0; j < n; ++j) {
+          acc[j] += d[j] * hat[j];
+          o[j] = d[j];
+        }
+        normalize_row_backward<S>(n, o, g, hat, pr[r]);
+      }
+    });
+  });
+  return {dv, partial.sum(0)};
 }
 
 // For measuring and tests: the batch up to which the handwritten loops may run (0: BLAS
@@ -994,5 +1121,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &backward, "LSTM backward recurrence (one layer, one direction)");
   m.def("forward_var", &forward_var, "LSTM forward recurrence with variants");
   m.def("backward_var", &backward_var, "LSTM backward recurrence with variants");
+  m.def("norm_rows", &norm_rows, "layer norm of rows, in place");
+  m.def("norm_rows_backward", &norm_rows_backward, "backward of norm_rows");
   m.def("set_tuning", &set_tuning, "small-batch threshold and parallel work threshold");
 }
