@@ -17,7 +17,7 @@ from lstmkit.checkpoint import load_run, save_run
 from lstmkit.cli import main
 from lstmkit.config import RunConfig
 from lstmkit.convert import ConversionError
-from lstmkit.export import export_run, load_onnx_run, to_onnx
+from lstmkit.export import export_run, load_onnx_run, quantize_int8, to_onnx
 from lstmkit.forecast import forecast, predict_steps
 from lstmkit.model import SequenceModel
 from lstmkit.scaling import Scaler
@@ -183,3 +183,30 @@ def test_counting_end_to_end(tmp_path):
     assert cli("predict", "--run", run, "5", "6", "7", "8") == "6.00 7.00 8.00 9.00"
     onnx_file = cli("export", "--run", run, "--format", "onnx")
     assert cli("predict", "--onnx", onnx_file, "5", "6", "7", "8") == "6.00 7.00 8.00 9.00"
+
+
+# -- int8 dynamic quantization ----------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_quantize_int8():
+    from torch.ao.nn.quantized.dynamic import LSTM as QLSTM
+    from torch.ao.nn.quantized.dynamic import Linear as QLinear
+
+    torch.manual_seed(0)
+    m = LSTM(8, 32, num_layers=2, bidirectional=True, batch_first=True).eval()
+    q = quantize_int8(m)
+    assert isinstance(q, QLSTM)
+    x = torch.randn(3, 20, 8)
+    with torch.no_grad():
+        want, got = m(x)[0], q(x)[0]
+    err = (got - want).abs().max().item()
+    assert 0 < err < 0.02 * want.abs().max().item()  # int8: close, but not the float model
+    s = SequenceModel(1, 32, 1).eval()
+    qs = quantize_int8(s)
+    assert isinstance(qs.lstm, QLSTM) and isinstance(qs.head, QLinear)
+    x = torch.randn(2, 10, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(qs(x), s(x), atol=0.02, rtol=0)
+    with pytest.raises(ConversionError, match="proj_size"):
+        quantize_int8(LSTM(3, 4, proj_size=2))

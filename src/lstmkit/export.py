@@ -277,5 +277,6 @@ def quantize_int8(model: LSTM | SequenceModel) -> nn.Module:
         float_model = to_torch(model)
         if model.proj_size:
             raise ConversionError("quantize_int8: torch's dynamic quantized LSTM has no proj_size")
-    float_model = float_model.float().eval()
-    return quantize_dynamic(float_model, {nn.LSTM, nn.Linear}, dtype=torch.qint8)
+    # quantize_dynamic swaps children only: wrap, so that a bare nn.LSTM is swapped too
+    box = nn.Sequential(float_model.float().eval())
+    return quantize_dynamic(box, {nn.LSTM, nn.Linear}, dtype=torch.qint8)[0]
