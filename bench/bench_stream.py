@@ -7,6 +7,7 @@ window; constant, but forgets everything before it). Times are medians over ``--
 values per contestant, after a warm-up, in one process.
 
     python bench/bench_stream.py [--run runs/counting] [--values 300] [--history 10 100 1000]
+                                 [--threads 1] [--json]
 
 Without a run directory at ``--run`` it times an untrained model of the default config
 (latency does not depend on the weights).
@@ -73,8 +74,10 @@ def main(argv=None) -> int:
     p.add_argument("--run", default="runs/counting")
     p.add_argument("--values", type=int, default=300, help="values timed per contestant")
     p.add_argument("--history", type=int, nargs="+", default=[10, 100, 1000])
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         if Path(args.run).is_dir():
             run, which = load_run(args.run), args.run
