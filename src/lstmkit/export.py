@@ -71,24 +71,23 @@ def _gates(w: Tensor) -> Tensor:
     return torch.cat([w.chunk(4, 0)[g] for g in _ONNX_GATES], 0).float()
 
 
+def _stacked(lstm: LSTM, bases: list[str], suffixes: list[str]) -> Tensor:
+    """(D, 4H * len(bases), ·): the named parameters of each direction, in ONNX's gate order."""
+    return torch.stack([torch.cat([_gates(getattr(lstm, b + s)) for b in bases]) for s in suffixes])
+
+
 def _lstm_layers(g: _Graph, lstm: LSTM, x: str, lens: str) -> tuple[str, str, str]:
     """Time-major x (T, B, I) through every layer: names of out (T, B, D*H), h_n, c_n."""
     D = 2 if lstm.bidirectional else 1
     shape = g.const("out_shape", torch.tensor([0, 0, -1]))
     hs, cs = [], []
     for k in range(lstm.num_layers):
-        # per direction: weight_ih, weight_hh, bias_ih, bias_hh, weight_hr (None if absent)
-        dirs = [
-            [None if n is None else getattr(lstm, n) for n in lstm._names[k * D + d]]
-            for d in range(D)
-        ]
-        W = g.const(f"W_l{k}", torch.stack([_gates(w[0]) for w in dirs]))  # (D, 4H, I)
-        R = g.const(f"R_l{k}", torch.stack([_gates(w[1]) for w in dirs]))  # (D, 4H, H)
+        sfx = [f"_l{k}", f"_l{k}_reverse"][:D]  # PyTorch's parameter names, per direction
+        W = g.const(f"W_l{k}", _stacked(lstm, ["weight_ih"], sfx))  # (D, 4H, I)
+        R = g.const(f"R_l{k}", _stacked(lstm, ["weight_hh"], sfx))  # (D, 4H, H)
         B = ""
         if lstm.bias:  # (D, 8H): input bias then recurrent bias
-            B = g.const(
-                f"B_l{k}", torch.stack([torch.cat([_gates(w[2]), _gates(w[3])]) for w in dirs])
-            )
+            B = g.const(f"B_l{k}", _stacked(lstm, ["bias_ih", "bias_hh"], sfx))
         y, h, c = g.node(
             "LSTM",
             [x, W, R, B, lens],
