@@ -20,6 +20,8 @@ from lstmkit.convert import (  # noqa: E402
     to_torch,
 )
 
+# keras 3.15 on numpy 2 warns about its own __array__ on every weight read
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 TOL = {torch.float64: {"atol": 1e-10, "rtol": 1e-10}, torch.float32: {"atol": 1e-5, "rtol": 1e-5}}
 CONFIGS = [
     {},

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import io
+import json
 import os
 import select
 import subprocess
@@ -121,6 +122,12 @@ def test_cli_stream(tmp_path, monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert main(["predict", "--run", str(run.path), "5", "6", "7", "8"]) == 0
     assert lines == capsys.readouterr().out.split()
+    seasonal = _random_run(tmp_path / "seasonal", SCALERS["seasonal"])
+    monkeypatch.setattr("sys.stdin", io.StringIO("5\n6\n7\n8\n"))
+    assert main(["predict", "--stream", "--json", "--run", str(seasonal.path)]) == 0
+    got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert got[:3] == [None] * 3 and isinstance(got[3], float)  # period 3: first answer at 4
+    assert got[3] == pytest.approx(predict_steps(seasonal, [5, 6, 7, 8])[3], abs=1e-5)
     monkeypatch.setattr("sys.stdin", io.StringIO("5\nsix\n7\n"))
     assert main(["predict", "--stream", "--run", str(run.path)]) == 2
     out, err = capsys.readouterr()
