@@ -103,7 +103,14 @@ def cmd_predict(args) -> int:
     from lstmkit.checkpoint import load_run
     from lstmkit.forecast import forecast, predict_steps
 
-    run = load_run(args.run)
+    if args.stream:
+        return _stream(args)
+    if args.onnx:
+        from lstmkit.export import load_onnx_run
+
+        run = load_onnx_run(args.onnx)
+    else:
+        run = load_run(args.run)
     values = _numbers(args.values)
     if args.csv is not None:
         values = _csv_context(run, args.csv, values)
@@ -115,6 +122,33 @@ def cmd_predict(args) -> int:
     print(
         json.dumps(pred) if args.json else " ".join("-" if v is None else f"{v:.2f}" for v in pred)
     )
+    return 0
+
+
+def _stream(args) -> int:
+    """predict --stream: one value per stdin line, its prediction printed at once."""
+    from lstmkit.checkpoint import load_run
+    from lstmkit.streaming import Stream
+
+    for flag, given in (("VALUES", args.values), ("--horizon", args.horizon is not None)):
+        if given:
+            raise LstmkitError(f"--stream reads its values from stdin; got {flag} as well")
+    for flag, given in (("--csv", args.csv), ("--onnx", args.onnx)):
+        if given:
+            raise LstmkitError(f"--stream runs a run directory (--run); got {flag} as well")
+    stream = Stream(load_run(args.run))
+    for line in iter(sys.stdin.readline, ""):
+        if line.strip():
+            p = stream.push(_numbers([line.strip()])[0])
+            print(json.dumps(p) if args.json else "-" if p is None else f"{p:.2f}", flush=True)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from lstmkit.checkpoint import load_run
+    from lstmkit.export import export_run
+
+    print(export_run(load_run(args.run), args.out, lengths=args.lengths))
     return 0
 
 
@@ -189,7 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--csv", metavar="FILE", help="csv runs: read the context from the run's column of FILE"
     )
+    pr.add_argument("--onnx", metavar="FILE", help="predict with an exported ONNX file, not --run")
+    pr.add_argument(
+        "--stream", action="store_true", help="read values from stdin, one per line; print each"
+    )
     pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="write a run's model for inference outside lstmkit")
+    ex.add_argument("--run", default="runs/counting", help="run directory (default runs/counting)")
+    ex.add_argument("--format", choices=["onnx"], default="onnx", help="default onnx")
+    ex.add_argument("--out", metavar="FILE", help="file to write (default RUN/model.onnx)")
+    ex.add_argument("--lengths", action="store_true", help="add a lengths (B,) input")
+    ex.set_defaults(func=cmd_export)
 
     ev = sub.add_parser("evaluate", help="score a run's test split beside naive baselines")
     ev.add_argument("--run", default="runs/counting", help="run directory (default runs/counting)")

@@ -276,6 +276,19 @@ class LSTM(nn.Module):
         described = self.variant.describe()
         return f"{s}, {described}" if described else s
 
+    @classmethod
+    def from_torch(cls, module: nn.LSTM, backend: str = "auto") -> LSTM:
+        """An ``LSTM`` with ``module``'s configuration and weights (see lstmkit.convert)."""
+        from lstmkit.convert import from_torch
+
+        return from_torch(module, backend)
+
+    def to_torch(self) -> nn.LSTM:
+        """A ``torch.nn.LSTM`` with this configuration and weights (see lstmkit.convert)."""
+        from lstmkit.convert import to_torch
+
+        return to_torch(self)
+
 
 def _check_lengths(lengths, T: int, B: int, unbatched: bool) -> Tensor:
     """lengths as an int64 CPU tensor of shape (B,), every value in 1..T."""
