@@ -2,6 +2,7 @@
 
     python bench/bench_cpu.py [--quick] [--out bench/results_cpu.json]
     python bench/bench_cpu.py --cells infer:1024:1:100,train:256:1:1000 --backends native
+    python bench/bench_cpu.py --variants     (the variants: see bench/bench_variants.py)
 
 ``--cells`` (mode:H:B:T, mode infer, train or both) and ``--backends`` time a few cells
 against nn.LSTM only, for measuring one change without the whole grid.
@@ -318,7 +319,20 @@ def main(argv=None) -> int:
     p.add_argument("--full", action="store_true", help="also the largest cell (many minutes)")
     p.add_argument("--cells", default=None, help="only these cells: mode:H:B:T,... (no JSON)")
     p.add_argument("--backends", default="native", help="with --cells: ours to time, a,b,...")
+    p.add_argument(
+        "--variants", action="store_true", help="the variants instead (bench/bench_variants.py)"
+    )
     args = p.parse_args(argv)
+    if args.variants:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_variants import main as variants_main
+
+        extra = ["--quick"] if args.quick else []
+        if args.threads:
+            extra += ["--threads", str(args.threads)]
+        return variants_main(
+            extra + ([] if args.budget is None else ["--budget", str(args.budget)])
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.cells:

@@ -54,3 +54,23 @@ def test_big_cells_skip_the_tutorial_loop(bench):
     assert "tutorial" not in names and "tutorial" in skipped
     names, skipped = bench.contestants(16, 1, 100)
     assert "tutorial" in names and not skipped
+
+
+def test_variants_benchmark_on_tiny_cells(tmp_path):
+    """bench_cpu.py --variants: every variant timed against nn.LSTM and the reference loop,
+    through auto (which runs the native kernels for every variant)."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_variants", BENCH.with_name("bench_variants.py")
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    names = ["layer_norm", "zoneout", "layer_norm+recurrent_dropout"]
+    result = json.loads(json.dumps(mod.run([(8, 2, 3)], names, budget_s=0.0, log=lambda s: None)))
+    assert [(c["variant"], c["mode"]) for c in result["cells"]] == [
+        (n, m) for n in names for m in ("train", "infer")
+    ]
+    for c in result["cells"]:
+        assert set(c["median_s"]) == {"nn.LSTM", "auto", "reference"}
+        assert c["auto_pick"] == "native" and c["auto_vs_nn"] > 0 and c["reference_vs_auto"] > 0
+    assert set(result["summary"]) == set(names)
+    assert "| layer_norm |" in mod.markdown(result)

@@ -381,6 +381,8 @@ def test_auto_runs_native_for_every_variant():
         m = lstmkit.LSTM(4, 8, **kw)
         name, reason = m.backend_choice(torch.randn(5, 2, 4))
         assert name == "native", (kw, reason)
+        for feat in m.variant.features(training=True):
+            assert feat in reason.split("variants ")[1], reason  # says what it runs
 
 
 def _req(features):

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 def _size(req) -> str:
     proj = f" P={req.P}" if req.P else ""
-    return f"cpu {str(req.dtype).replace('torch.', '')}, T={req.T} B={req.B} H={req.H}{proj}"
+    var = f", variants {'+'.join(sorted(req.features))}" if req.features else ""
+    return f"cpu {str(req.dtype).replace('torch.', '')}, T={req.T} B={req.B} H={req.H}{proj}{var}"
 
 
 def auto_cpu(req) -> tuple[str, str]:
