@@ -8,6 +8,7 @@ Sizes are tiny: the interpreter runs every program of the grid one after another
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
@@ -179,6 +180,50 @@ def test_extras_with_nothing_on_is_the_plain_lstm():
     b = tb.run(x, h0, c0, *w, None, lens, False)
     for u, v in zip(a, b, strict=True):
         assert torch.equal(u, v)
+
+
+def _cast(ex, params, dtype, like=None):
+    """ex and params as new leaves of ``dtype`` (from ``like``'s values when given)."""
+    src = like or params
+    new = {k: src[k].detach().to(dtype).requires_grad_() for k in params}
+    ln = None
+    if ex.layer_norm is not None:
+        ln = tuple(new[k] for k in ("g_ih", "g_hh", "g_c", "b_c"))
+
+    def m(v):
+        return v.to(dtype) if isinstance(v, torch.Tensor) else v
+
+    ex2 = dataclasses.replace(ex, peephole=new.get("peephole"), layer_norm=ln,
+                              h_mask=m(ex.h_mask), zoneout_c=m(ex.zoneout_c),
+                              zoneout_h=m(ex.zoneout_h))  # fmt: skip
+    return ex2, new
+
+
+# bfloat16: as in test_triton (inputs, h, gates and their gradients stored in bf16), the float64
+# reference runs on the same bf16 values; errors relative to each tensor's largest value
+BF16_REL = 3e-2
+
+
+@pytest.mark.parametrize("combo", ["all", "ln_peephole_dropout"])
+def test_bfloat16_matches_reference(combo):
+    x, h0, c0, w, lens, ex, params = _case(5, 3, 3, 16, COMBOS[combo], lengths=True)
+    ours = [t.detach().bfloat16().requires_grad_() for t in (x, h0, c0, *w)]
+    ref = [t.detach().double().requires_grad_() for t in ours]
+    ex_b, p_b = _cast(ex, params, torch.bfloat16)
+    ex_d, p_d = _cast(ex_b, params, torch.float64, like=p_b)
+    got = tb.run(*ours, None, lens, True, extras=ex_b)
+    want = reference.run(*ref, None, lens, True, extras=ex_d)
+    g = torch.Generator().manual_seed(1)
+    cot = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in want]
+    got_all = [*got, *torch.autograd.grad(got, [*ours, *p_b.values()], [c.bfloat16() for c in cot])]
+    want_all = [*want, *torch.autograd.grad(want, [*ref, *p_d.values()], cot)]
+    names = ["out", "h_n", "c_n", "x", "h0", "c0", "weight_ih", "weight_hh", "bias_ih",
+             "bias_hh", *params]  # fmt: skip
+    for name, a, b in zip(names, got_all, want_all, strict=True):
+        assert a.dtype == torch.bfloat16, name
+        scale = b.abs().max().item()
+        torch.testing.assert_close(a.double(), b, rtol=BF16_REL, atol=BF16_REL * scale,
+                                   msg=lambda m, n=name: f"{n}: {m}")  # fmt: skip
 
 
 # -- the layer: masks drawn there, the same for every backend for the same seed ---------------

@@ -125,15 +125,15 @@ def _smem_per_block(device: torch.device) -> int:
     return int(getattr(props, "shared_memory_per_block_optin", props.shared_memory_per_block))
 
 
-# (device index, H, dtype, precision) whose resident-weight kernel the GPU refused for its
-# shared memory: planned with streamed weights from then on (see _launch)
+# (device index, H, dtype, precision, own_all) whose resident-weight kernel the GPU refused
+# for its shared memory: planned with streamed weights from then on (see _launch)
 _STREAMED: set = set()
 
 
 def _plan(B: int, H: int, dtype: torch.dtype, device: torch.device, prec: str = "ieee",
           own_all: bool = False) -> dict:  # fmt: skip
     """The work split for this device (see :func:`plan_split`)."""
-    stream = (device.index, H, dtype, prec) in _STREAMED
+    stream = (device.index, H, dtype, prec, own_all) in _STREAMED
     return plan_split(B, H, dtype, prec, _sm_count(device), interpreted=device.type == "cpu",
                       smem=_smem_per_block(device), stream=stream, own_all=own_all)  # fmt: skip
 
@@ -258,7 +258,7 @@ def _launch(kernel_name: str, B: int, H: int, like: torch.Tensor, launch, own_al
 
         if not isinstance(e, OutOfResources) or not p["W_RES"]:
             raise
-        _STREAMED.add((like.device.index, H, like.dtype, prec))
+        _STREAMED.add((like.device.index, H, like.dtype, prec, own_all))
         p = _plan(B, H, like.dtype, like.device, prec, own_all)
         launch(getattr(k, kernel_name), p, _consts(p, prec))
 
@@ -269,7 +269,7 @@ class _Variant:
 
     def __init__(self, ex, T: int, B: int, H: int, x: torch.Tensor, store: bool):
         f32 = {"dtype": torch.float32, "device": x.device}
-        dummy = torch.zeros(1, **f32)
+        dummy = x  # any tensor: the plain path allocates nothing more
         ex = ex or _PLAIN
         self.flags = {
             "PEEP": ex.peephole is not None,
