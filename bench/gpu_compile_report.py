@@ -36,11 +36,15 @@ from lstmkit.backends import triton as tb  # noqa: E402
 MODES = {"fp32": (torch.float32, "tf32x3"), "tf32": (torch.float32, "tf32"),
          "bf16": (torch.bfloat16, "ieee")}  # fmt: skip
 _PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16"}
-_FWD_ARGS = ("gates", "whh", "hs", "cs", "out", "lens", "counter", "T", "B", "H", "s_begin",
-             "s_end")  # fmt: skip
-_BWD_ARGS = ("gates", "whh", "cs", "dout", "dgates", "dh", "dc", "lens", "counter", "T", "B",
-             "H", "s_hi", "s_lo")  # fmt: skip
-_FP32_BUFS = {"cs", "dh", "dc"}
+_VAR_ARGS = ("peep", "lnw", "hmask", "zc", "zh", "cn", "ghat", "chat", "rstd")
+_FWD_ARGS = ("gates", "whh", "hs", "cs", "out", "lens", "counter", *_VAR_ARGS, "T", "B", "H",
+             "s_begin", "s_end", "clip")  # fmt: skip
+_BWD_ARGS = ("gates", "whh", "cs", "dout", "dgates", "dh", "dc", "lens", "counter", *_VAR_ARGS,
+             "dgh", "dcout", "T", "B", "H", "s_hi", "s_lo", "clip")  # fmt: skip
+_FP32_BUFS = {"cs", "dh", "dc", "peep", "lnw", "zc", "zh", "cn", "ghat", "chat", "rstd", "dcout"}
+# the variants' constexpr flags (lstmkit.backends.triton._Variant), by feature name
+FLAGS = {"peephole": "PEEP", "layer_norm": "LN", "recurrent_dropout": "HMASK",
+         "zoneout": "ZONEOUT", "coupled": "COUPLED", "cell_clip": "CLIP"}  # fmt: skip
 _INT_BUFS = {"lens", "counter"}
 
 
@@ -61,14 +65,18 @@ def _signature(names, dtype) -> dict:
             sig[n] = "*fp32"
         elif n in ("T", "B", "H", "s_begin", "s_end", "s_hi", "s_lo"):
             sig[n] = "i32"
+        elif n == "clip":
+            sig[n] = "fp32"
         else:
             sig[n] = _PTR[dtype]
     return sig
 
 
-def compile_kernel(which: str, plan: dict, dtype, prec: str, arch: int, kernels=k) -> dict:
+def compile_kernel(which: str, plan: dict, dtype, prec: str, arch: int, kernels=k,
+                   variants=()) -> dict:  # fmt: skip
     """Registers, spill bytes and shared memory of one kernel for one plan. ``kernels``: the
-    module holding the kernels, compiled (not interpreted) ones."""
+    module holding the kernels, compiled (not interpreted) ones; ``variants``: feature names
+    (lstmkit.variants.FEATURES) whose flags are on (plan layer norm with ``own_all``)."""
     fn = kernels.lstm_fwd_kernel if which == "fwd" else kernels.lstm_bwd_kernel
     names = _FWD_ARGS if which == "fwd" else _BWD_ARGS
     consts = {"REVERSE": False, "SYNC": plan["SYNC"], "HP": plan["HP"], "BH": plan["BH"],
@@ -76,6 +84,7 @@ def compile_kernel(which: str, plan: dict, dtype, prec: str, arch: int, kernels=
               "CARRY": plan["CARRY"], "PREC": prec}  # fmt: skip
     if which == "fwd":
         consts["STORE"] = True
+    consts.update({flag: name in variants for name, flag in FLAGS.items()})
     sig = _signature(names, dtype) | {c: "constexpr" for c in consts}
     src = ASTSource(fn, sig, constexprs=consts)
     opts = {"num_warps": plan["num_warps"], "num_stages": 1}
@@ -100,7 +109,7 @@ def compile_kernel(which: str, plan: dict, dtype, prec: str, arch: int, kernels=
 SMEM_KB = {80: 163, 86: 99, 89: 99, 90: 227}
 
 
-def report(hidden, batch, modes, arch, sms, smem_kb=None, log=print) -> list[dict]:
+def report(hidden, batch, modes, arch, sms, smem_kb=None, log=print, variants=()) -> list[dict]:
     smem = (smem_kb or SMEM_KB.get(arch, 99)) * 1024
     rows = []
     log("| mode | hidden | batch | grid | BH | BB | resident | carry | warps | "
@@ -110,9 +119,10 @@ def report(hidden, batch, modes, arch, sms, smem_kb=None, log=print) -> list[dic
         dtype, prec = MODES[mode]
         for H in hidden:
             for B in batch:
-                p = tb.plan_split(B, H, dtype, prec, sms, smem=smem)
-                f = compile_kernel("fwd", p, dtype, prec, arch)
-                b = compile_kernel("bwd", p, dtype, prec, arch)
+                own_all = "layer_norm" in variants
+                p = tb.plan_split(B, H, dtype, prec, sms, smem=smem, own_all=own_all)
+                f = compile_kernel("fwd", p, dtype, prec, arch, variants=variants)
+                b = compile_kernel("bwd", p, dtype, prec, arch, variants=variants)
                 shared = max(f["shared"], b["shared"])
                 r_fits = shared <= smem
                 mark = "" if r_fits else " (!)"
@@ -133,10 +143,19 @@ def main() -> int:
     ap.add_argument("--sms", type=int, default=132, help="SM count (H100 SXM: 132)")
     ap.add_argument("--smem", type=int, default=None,
                     help=f"shared memory per block, KB (default by arch: {SMEM_KB})")  # fmt: skip
+    ap.add_argument(
+        "--variants",
+        nargs="*",
+        choices=list(FLAGS),
+        default=[],
+        help="compile with these variants on (layer_norm: one program per row)",
+    )
     args = ap.parse_args()
+    on = f", variants {' '.join(args.variants)}" if args.variants else ""
     print(f"# Triton kernels compiled for sm_{args.arch} ({args.sms} SMs), triton "
-          f"{triton.__version__}; spill B = bytes of spill stores per thread\n")  # fmt: skip
-    rows = report(args.hidden, args.batch, args.mode, args.arch, args.sms, args.smem)
+          f"{triton.__version__}{on}; spill B = bytes of spill stores per thread\n")  # fmt: skip
+    rows = report(args.hidden, args.batch, args.mode, args.arch, args.sms, args.smem,
+                  variants=tuple(args.variants))  # fmt: skip
     spilled = [r for r in rows if r["fwd"]["spill_store"] or r["bwd"]["spill_store"]]
     worst = max((max(r["fwd"]["spill_store"], r["bwd"]["spill_store"]) for r in rows), default=0)
     too_big = [r for r in rows if not r["fits"]]

@@ -102,3 +102,24 @@ def test_the_measured_slow_plan_is_seen_spilling(report):
     assert plan["W_RES"] and plan["BH"] == 16
     r = rep.compile_kernel("fwd", plan, torch.float32, "tf32x3", 90, kernels)  # ... in 3xTF32
     assert r["spill_store"] > 1000
+
+
+# The variants' flags on: every feature but layer norm runs in any plan (hidden 256: several
+# programs, weights resident); layer norm plans one program over all units (hidden 64: weights
+# resident, h carried in registers). Bigger layer-norm plans spill (see triton.LN_MAX_HIDDEN).
+_ALL = ("layer_norm", "peephole", "coupled", "cell_clip", "recurrent_dropout", "zoneout")
+_NOT_LN = _ALL[1:]
+VARIANT_CASES = [("tf32", 64, 16, _ALL), ("bf16", 64, 16, _ALL), ("tf32", 256, 16, _NOT_LN),
+                 ("bf16", 256, 16, _NOT_LN)]  # fmt: skip
+
+
+@pytest.mark.parametrize("mode, H, B, variants", VARIANT_CASES)
+def test_variant_kernels_compile_for_sm90_without_spilling(report, mode, H, B, variants):
+    rep, kernels = report
+    dtype, prec = rep.MODES[mode]
+    plan = tb.plan_split(B, H, dtype, prec, sms=132, own_all="layer_norm" in variants)
+    assert plan["CARRY"] == (H == 64)
+    for which in ("fwd", "bwd"):
+        r = rep.compile_kernel(which, plan, dtype, prec, 90, kernels=kernels, variants=variants)
+        assert 0 < r["regs"] <= 255
+        assert r["spill_store"] <= MAX_SPILL, f"{which} spills {r['spill_store']} B ({plan})"

@@ -31,6 +31,22 @@ Buffers (time-major; s is the processing index, t = s forward, T-1-s reverse):
     dgates  (T, B, 4H)  gradient w.r.t. the gate pre-activations (0 beyond the length)
     dh, dc  (B, H) fp32 in: grad of h_n, c_n;  out: grad of h0, c0
     lens    (B,) int32, counter (NB,) int32 zeros
+
+Variants (:func:`lstmkit.cell.lstm_step`'s equations), each behind a constexpr flag so that the
+plain kernels compile exactly as before; a buffer whose flag is off is never read (the host
+passes any tensor). Indexed by time t, fp32 unless said:
+    peep    (3H,) p_i, p_f, p_o                          PEEP
+    lnw     (6H,) g_hh (4H), g_c, b_c: layer-norm gains  LN (needs BH == HP: a program owns
+                                                         every gate column of its rows)
+    hmask   (B, H) recurrent dropout mask, x's dtype     HMASK
+    zc, zh  (T, B, H) zoneout: weight of the previous c / h                      ZONEOUT
+    cn      (T, B, H) the cell before zoneout (written by the forward with STORE)  ZONEOUT
+    ghat    (T, B, 4H) normalised recurrent projection; chat (T, B, H) normalised cell;
+    rstd    (T, B, 2) their 1/std (forward with STORE writes them)             LN
+    dgh     (T, B, 4H) backward: the gradient of h @ W_hh^T (LN); the recurrent product reads
+            it (without LN the host passes dgates itself)
+    dcout   (T, B, H) backward: the gradient of the normalised cell (for g_c, b_c)     LN
+    COUPLED f = 1 - i;  CLIP c' = clip(c', -clip, clip)
 """
 
 from __future__ import annotations
@@ -47,6 +63,7 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 FP32_DOTS = tl.constexpr(INTERPRETED)
 SPIN_LIMIT = tl.constexpr(1 << 22)  # polls of the barrier counter (seconds) before giving up
 BARRIER_BROKEN = tl.constexpr(1 << 24)  # added to a counter whose barrier timed out
+LN_EPS = tl.constexpr(1e-5)  # as lstmkit.cell.LN_EPS
 
 
 @triton.jit
@@ -124,12 +141,58 @@ def _load_input_gates(gates, s, T, B, H, rows, cols, m2, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def _rsum(x):
+    """Row sums of a 2-D tile. tl.reduce with a combine function of this module, not tl.sum:
+    triton's own jit helpers are not interpretable when triton was imported before
+    TRITON_INTERPRET was set (see the tl.full note in lstm_bwd_kernel)."""
+    return tl.reduce(x, 1, _add)
+
+
+@triton.jit
+def _norm4(a_i, a_f, a_g, a_o, cm, n):
+    """Layer norm (no gain) of the rows of four (BB, BH) tiles taken as one row of n columns
+    (``cm``: the real columns): the normalised tiles, zero on the others, and 1/std (BB,)."""
+    mean = (_rsum(a_i) + _rsum(a_f) + _rsum(a_g) + _rsum(a_o)) / n
+    d_i = tl.where(cm, a_i - mean[:, None], 0.0)
+    d_f = tl.where(cm, a_f - mean[:, None], 0.0)
+    d_g = tl.where(cm, a_g - mean[:, None], 0.0)
+    d_o = tl.where(cm, a_o - mean[:, None], 0.0)
+    var = (_rsum(d_i * d_i) + _rsum(d_f * d_f) + _rsum(d_g * d_g)
+           + _rsum(d_o * d_o)) / n  # fmt: skip
+    rs = 1.0 / tl.sqrt(var + LN_EPS)
+    return d_i * rs[:, None], d_f * rs[:, None], d_g * rs[:, None], d_o * rs[:, None], rs
+
+
+@triton.jit
+def _norm1(a, cm, n):
+    """Layer norm (no gain) of the rows of one (BB, BH) tile of n real columns, and 1/std."""
+    mean = _rsum(tl.where(cm, a, 0.0)) / n
+    d = tl.where(cm, a - mean[:, None], 0.0)
+    rs = 1.0 / tl.sqrt(_rsum(d * d) / n + LN_EPS)
+    return d * rs[:, None], rs
+
+
+@triton.jit
+def _vec(ptr, cols, H):
+    """Row vector (1, BH) fp32 of ptr[cols], zero past H."""
+    return tl.load(ptr + cols, mask=cols < H, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit
 def lstm_fwd_kernel(
     gates, whh, hs, cs, out, lens, counter,
-    T, B, H, s_begin, s_end,
+    peep, lnw, hmask, zc, zh, cn, ghat, chat, rstd,
+    T, B, H, s_begin, s_end, clip,
     REVERSE: tl.constexpr, STORE: tl.constexpr, SYNC: tl.constexpr,
     HP: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
     W_RES: tl.constexpr, CARRY: tl.constexpr, PREC: tl.constexpr,
+    PEEP: tl.constexpr = False, LN: tl.constexpr = False, HMASK: tl.constexpr = False,
+    ZONEOUT: tl.constexpr = False, COUPLED: tl.constexpr = False, CLIP: tl.constexpr = False,
 ):  # fmt: skip
     """Steps s_begin .. s_end-1 of the forward recurrence; see the module docstring."""
     pid_b = tl.program_id(1)
@@ -146,6 +209,24 @@ def lstm_fwd_kernel(
         w_f = tl.load(wp + H * H, mask=wm, other=0.0)
         w_g = tl.load(wp + 2 * H * H, mask=wm, other=0.0)
         w_o = tl.load(wp + 3 * H * H, mask=wm, other=0.0)
+    if PEEP:
+        p_i = _vec(peep, cols, H)
+        p_f = _vec(peep + H, cols, H)
+        p_o = _vec(peep + 2 * H, cols, H)
+    if LN:
+        cm = (cols < H)[None, :]
+        l_i = _vec(lnw, cols, H)
+        l_f = _vec(lnw + H, cols, H)
+        l_g = _vec(lnw + 2 * H, cols, H)
+        l_o = _vec(lnw + 3 * H, cols, H)
+        l_c = _vec(lnw + 4 * H, cols, H)
+        l_b = _vec(lnw + 5 * H, cols, H)
+    if HMASK:
+        if CARRY:  # the whole h of these rows is this program's own tile
+            hmk = tl.load(hmask + own, mask=m2, other=0.0).to(tl.float32)
+        elif W_RES:
+            hmk = tl.load(hmask + rows[:, None] * H + kk[None, :],
+                          mask=rmask[:, None] & (kk < H)[None, :], other=0.0)  # fmt: skip
     c = tl.load(cs + s_begin * step + own, mask=m2, other=0.0)
     broken = tl.full((), 0, tl.int32)  # a broken barrier: results are NaN from then on
     if CARRY:
@@ -167,18 +248,31 @@ def lstm_fwd_kernel(
             nx_i, nx_f, nx_g, nx_o = _load_input_gates(gates, s_next, T, B, H, rows, cols, m2,
                                                        REVERSE)  # fmt: skip
         else:
-            # the input part of the gates does not depend on h: load it before waiting for h
-            acc_i, acc_f, acc_g, acc_o = _load_input_gates(gates, s, T, B, H, rows, cols, m2,
-                                                           REVERSE)  # fmt: skip
+            if not LN:
+                # the input part of the gates does not depend on h: load it before waiting
+                acc_i, acc_f, acc_g, acc_o = _load_input_gates(gates, s, T, B, H, rows, cols,
+                                                               m2, REVERSE)  # fmt: skip
             if s > s_begin:  # hs[s] was written inside this launch, partly by other programs
                 broken |= _step_barrier(counter + pid_b, (s - s_begin) * nh, SYNC)
+        if LN:  # the recurrent projection is normalised alone: accumulate it from zero
+            if CARRY:
+                x_i, x_f, x_g, x_o = acc_i, acc_f, acc_g, acc_o
+            acc_i = tl.full((BB, BH), 0.0, tl.float32)
+            acc_f = tl.full((BB, BH), 0.0, tl.float32)
+            acc_g = tl.full((BB, BH), 0.0, tl.float32)
+            acc_o = tl.full((BB, BH), 0.0, tl.float32)
         if W_RES:
             if CARRY:
-                hp = h.to(hs.dtype.element_ty)  # (BB, BH) and BH == HP: the whole previous h
+                if HMASK:  # noqa: SIM108 (a constexpr: resolved at compile time)
+                    hp = (h * hmk).to(hs.dtype.element_ty)
+                else:
+                    hp = h.to(hs.dtype.element_ty)  # (BB, BH), BH == HP: the whole previous h
             else:
                 hm = rmask[:, None] & (kk < H)[None, :]
                 hp = tl.load(hrow + rows[:, None] * H + kk[None, :], mask=hm, other=0.0,
                              cache_modifier=".cg")  # fmt: skip
+                if HMASK:
+                    hp = hp * hmk
             acc_i = _mma(hp, w_i, acc_i, PREC)
             acc_f = _mma(hp, w_f, acc_f, PREC)
             acc_g = _mma(hp, w_g, acc_g, PREC)
@@ -189,6 +283,8 @@ def lstm_fwd_kernel(
                 hm = rmask[:, None] & (kb < H)[None, :]
                 hp = tl.load(hrow + rows[:, None] * H + kb[None, :], mask=hm, other=0.0,
                              cache_modifier=".cg")  # fmt: skip
+                if HMASK:
+                    hp = hp * tl.load(hmask + rows[:, None] * H + kb[None, :], mask=hm, other=0.0)
                 wp = whh + cols[None, :] * H + kb[:, None]
                 wm = (kb < H)[:, None] & (cols < H)[None, :]
                 w = tl.load(wp, mask=wm, other=0.0)
@@ -199,20 +295,51 @@ def lstm_fwd_kernel(
                 acc_g = _mma(hp, w, acc_g, PREC)
                 w = tl.load(wp + 3 * H * H, mask=wm, other=0.0)
                 acc_o = _mma(hp, w, acc_o, PREC)
+        if LN:
+            if not CARRY:  # loaded only now: four tiles fewer held through the product
+                x_i, x_f, x_g, x_o = _load_input_gates(gates, s, T, B, H, rows, cols, m2,
+                                                       REVERSE)  # fmt: skip
+            n_i, n_f, n_g, n_o, rs_g = _norm4(acc_i, acc_f, acc_g, acc_o, cm, 4 * H)
+            acc_i = x_i + n_i * l_i
+            acc_f = x_f + n_f * l_f
+            acc_g = x_g + n_g * l_g
+            acc_o = x_o + n_o * l_o
+        if PEEP:
+            acc_i += p_i * c
+            acc_f += p_f * c
         i = _sigmoid(acc_i)
-        f = _sigmoid(acc_f)
+        if COUPLED:  # noqa: SIM108 (a constexpr: resolved at compile time)
+            f = 1.0 - i
+        else:
+            f = _sigmoid(acc_f)
         g = _tanh(acc_g)
-        o = _sigmoid(acc_o)
         c_new = f * c + i * g
-        h_new = o * _tanh(c_new)
-        if SYNC:
-            c_new = tl.where(broken != 0, float("nan"), c_new)
-            h_new = tl.where(broken != 0, float("nan"), h_new)
-        valid = (t < length)[:, None]
+        if CLIP:
+            c_new = tl.minimum(tl.maximum(c_new, -clip), clip)
+        if PEEP:
+            acc_o += p_o * c_new
+        o = _sigmoid(acc_o)
+        if LN:
+            n_c, rs_c = _norm1(c_new, cm, H)
+            h_new = o * _tanh(n_c * l_c + l_b)
+        else:
+            h_new = o * _tanh(c_new)
         if CARRY:
             h_old = h
         else:
             h_old = tl.load(hrow + own, mask=m2, other=0.0, cache_modifier=".cg").to(tl.float32)
+        if ZONEOUT:
+            zt = t * step + own
+            if STORE:  # the backward needs the cell before zoneout
+                tl.store(cn + zt, c_new, mask=m2)
+            z_c = tl.load(zc + zt, mask=m2, other=0.0)
+            z_h = tl.load(zh + zt, mask=m2, other=0.0)
+            c_new = c_new + z_c * (c - c_new)
+            h_new = h_new + z_h * (h_old - h_new)
+        if SYNC:
+            c_new = tl.where(broken != 0, float("nan"), c_new)
+            h_new = tl.where(broken != 0, float("nan"), h_new)
+        valid = (t < length)[:, None]
         c = tl.where(valid, c_new, c)  # past its length a sequence keeps its state
         h_keep = tl.where(valid, h_new, h_old)
         if CARRY:
@@ -228,6 +355,15 @@ def lstm_fwd_kernel(
             tl.store(gp + H, f.to(ty), mask=m2)
             tl.store(gp + 2 * H, g.to(ty), mask=m2)
             tl.store(gp + 3 * H, o.to(ty), mask=m2)
+            if LN:
+                np_ = ghat + t * (B * G) + rows[:, None] * G + cols[None, :]
+                tl.store(np_, n_i, mask=m2)
+                tl.store(np_ + H, n_f, mask=m2)
+                tl.store(np_ + 2 * H, n_g, mask=m2)
+                tl.store(np_ + 3 * H, n_o, mask=m2)
+                tl.store(chat + t * step + own, n_c, mask=m2)
+                tl.store(rstd + t * (2 * B) + rows * 2, rs_g, mask=rmask)
+                tl.store(rstd + t * (2 * B) + rows * 2 + 1, rs_c, mask=rmask)
 
 
 @triton.jit
@@ -245,9 +381,14 @@ def _load_dgates(dgates, t, B, H, rows, rmask, k0, KB: tl.constexpr):
 
 @triton.jit
 def _step_dgates(gates, cs, dout, dgates, s, T, B, H, rows, cols, m2, own, length, gh, gc,
-                 REVERSE: tl.constexpr):  # fmt: skip
-    """Step s of backprop through the cell: stores dgates[t] and returns its four tiles
-    (fp32), the validity mask of the step, and the gradient w.r.t. c before the step."""
+                 peep, lnw, zc, zh, cn, ghat, chat, rstd, dgh, dcout, clip,
+                 REVERSE: tl.constexpr, PEEP: tl.constexpr, LN: tl.constexpr,
+                 ZONEOUT: tl.constexpr, COUPLED: tl.constexpr, CLIP: tl.constexpr):  # fmt: skip
+    """Step s of backprop through the cell: stores dgates[t] and returns the four tiles the
+    recurrent product reads (fp32: dgates, or with LN the gradient of the raw projection,
+    also stored in dgh), the validity mask of the step, the gradient w.r.t. c before the
+    step, and gh less what reaches h_prev through W_hh: with ZONEOUT the direct part,
+    z_h * (gradient of h after the step), on valid steps (gh itself on others)."""
     if REVERSE:  # noqa: SIM108 (a plain if on a constexpr: resolved at compile time)
         t = T - 1 - s
     else:
@@ -262,33 +403,103 @@ def _step_dgates(gates, cs, dout, dgates, s, T, B, H, rows, cols, m2, own, lengt
     g = tl.load(gp + 2 * H, mask=m2, other=0.0).to(tl.float32)
     o = tl.load(gp + 3 * H, mask=m2, other=0.0).to(tl.float32)
     c_prev = tl.load(cs + s * step + own, mask=m2, other=0.0)
-    tc = _tanh(tl.load(cs + (s + 1) * step + own, mask=m2, other=0.0))
-    dct = gc + go * o * (1.0 - tc * tc)
-    dpi = tl.where(valid, dct * g * i * (1.0 - i), 0.0)
-    dpf = tl.where(valid, dct * c_prev * f * (1.0 - f), 0.0)
-    dpg = tl.where(valid, dct * i * (1.0 - g * g), 0.0)
+    gc_new = gc
+    gh_rest = gh
+    if ZONEOUT:
+        c_new = tl.load(cn + t * step + own, mask=m2, other=0.0)
+        z_c = tl.load(zc + t * step + own, mask=m2, other=0.0)
+        z_h = tl.load(zh + t * step + own, mask=m2, other=0.0)
+        gh_rest = tl.where(valid, go * z_h, gh)
+        go = go * (1.0 - z_h)
+        gc_new = gc * (1.0 - z_c)
+    else:
+        c_new = tl.load(cs + (s + 1) * step + own, mask=m2, other=0.0)
+    if LN:
+        cm = (cols < H)[None, :]
+        n_c = tl.load(chat + t * step + own, mask=m2, other=0.0)
+        l_c = _vec(lnw + 4 * H, cols, H)
+        tc = _tanh(n_c * l_c + _vec(lnw + 5 * H, cols, H))
+    else:
+        tc = _tanh(c_new)
+    dco = go * o * (1.0 - tc * tc)  # gradient of the cell the output reads
+    if LN:
+        dco = tl.where(valid, dco, 0.0)
+        tl.store(dcout + t * step + own, dco, mask=m2)
+        rs_c = tl.load(rstd + t * (2 * B) + rows * 2 + 1, mask=rows < B, other=0.0)
+        dy = dco * l_c
+        m1 = _rsum(dy) / H
+        mm = _rsum(dy * n_c) / H
+        dco = tl.where(cm, (dy - m1[:, None] - n_c * mm[:, None]) * rs_c[:, None], 0.0)
     dpo = tl.where(valid, go * tc * o * (1.0 - o), 0.0)
+    dct = gc_new + dco
+    if PEEP:
+        p_i = _vec(peep, cols, H)
+        p_f = _vec(peep + H, cols, H)
+        dct += dpo * _vec(peep + 2 * H, cols, H)
+    if CLIP:
+        dct = tl.where(tl.abs(c_new) < clip, dct, 0.0)
+    if COUPLED:
+        dpi = tl.where(valid, dct * (g - c_prev) * i * (1.0 - i), 0.0)
+        dpf = tl.full(dpi.shape, 0.0, tl.float32)
+    else:
+        dpi = tl.where(valid, dct * g * i * (1.0 - i), 0.0)
+        dpf = tl.where(valid, dct * c_prev * f * (1.0 - f), 0.0)
+    dpg = tl.where(valid, dct * i * (1.0 - g * g), 0.0)
+    dc_prev = dct * f
+    if PEEP:
+        dc_prev += dpi * p_i + dpf * p_f
+    if ZONEOUT:
+        dc_prev += gc * z_c
     ty = dgates.dtype.element_ty
     dp = dgates + t * (B * G) + rows[:, None] * G + cols[None, :]
     tl.store(dp, dpi.to(ty), mask=m2)
     tl.store(dp + H, dpf.to(ty), mask=m2)
     tl.store(dp + 2 * H, dpg.to(ty), mask=m2)
     tl.store(dp + 3 * H, dpo.to(ty), mask=m2)
-    return dpi, dpf, dpg, dpo, valid, tl.where(valid, dct * f, gc)
+    if LN:
+        rs_g = tl.load(rstd + t * (2 * B) + rows * 2, mask=rows < B, other=0.0)
+        gq = ghat + t * (B * G) + rows[:, None] * G + cols[None, :]
+        n_i = tl.load(gq, mask=m2, other=0.0)
+        n_f = tl.load(gq + H, mask=m2, other=0.0)
+        n_g = tl.load(gq + 2 * H, mask=m2, other=0.0)
+        n_o = tl.load(gq + 3 * H, mask=m2, other=0.0)
+        y_i = dpi * _vec(lnw, cols, H)
+        y_f = dpf * _vec(lnw + H, cols, H)
+        y_g = dpg * _vec(lnw + 2 * H, cols, H)
+        y_o = dpo * _vec(lnw + 3 * H, cols, H)
+        m1 = (_rsum(y_i) + _rsum(y_f) + _rsum(y_g) + _rsum(y_o)) / G
+        mm = (_rsum(y_i * n_i) + _rsum(y_f * n_f) + _rsum(y_g * n_g)
+              + _rsum(y_o * n_o)) / G  # fmt: skip
+        r_i = tl.where(cm, (y_i - m1[:, None] - n_i * mm[:, None]) * rs_g[:, None], 0.0)
+        r_f = tl.where(cm, (y_f - m1[:, None] - n_f * mm[:, None]) * rs_g[:, None], 0.0)
+        r_g = tl.where(cm, (y_g - m1[:, None] - n_g * mm[:, None]) * rs_g[:, None], 0.0)
+        r_o = tl.where(cm, (y_o - m1[:, None] - n_o * mm[:, None]) * rs_g[:, None], 0.0)
+        rp = dgh + t * (B * G) + rows[:, None] * G + cols[None, :]
+        tl.store(rp, r_i.to(ty), mask=m2)
+        tl.store(rp + H, r_f.to(ty), mask=m2)
+        tl.store(rp + 2 * H, r_g.to(ty), mask=m2)
+        tl.store(rp + 3 * H, r_o.to(ty), mask=m2)
+    else:
+        r_i, r_f, r_g, r_o = dpi, dpf, dpg, dpo
+    return r_i, r_f, r_g, r_o, valid, tl.where(valid, dc_prev, gc), gh_rest
 
 
 @triton.jit
 def lstm_bwd_kernel(
     gates, whh, cs, dout, dgates, dh, dc, lens, counter,
-    T, B, H, s_hi, s_lo,
+    peep, lnw, hmask, zc, zh, cn, ghat, chat, rstd, dgh, dcout,
+    T, B, H, s_hi, s_lo, clip,
     REVERSE: tl.constexpr, SYNC: tl.constexpr,
     HP: tl.constexpr, BH: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr,
     W_RES: tl.constexpr, CARRY: tl.constexpr, PREC: tl.constexpr,
+    PEEP: tl.constexpr = False, LN: tl.constexpr = False, HMASK: tl.constexpr = False,
+    ZONEOUT: tl.constexpr = False, COUPLED: tl.constexpr = False, CLIP: tl.constexpr = False,
 ):  # fmt: skip
     """Steps s_hi down to s_lo of backprop through time (s = -1: only dh0 from dgates[s=0]).
 
     With CARRY (one program owns every unit, all steps in one launch: s_lo = -1) step s's
-    dgates @ W_hh goes into gh at the end of step s, in registers, not through memory."""
+    dgates @ W_hh goes into gh at the end of step s, in registers, not through memory. The
+    recurrent product reads ``dgh`` (dgates itself without LN)."""
     pid_b = tl.program_id(1)
     nh = tl.num_programs(0)
     rows, cols, rmask, m2, own, length = _tile(lens, B, H, BB, BH)
@@ -301,20 +512,28 @@ def lstm_bwd_kernel(
         v_f = tl.load(wp + H * H, mask=wm, other=0.0)
         v_g = tl.load(wp + 2 * H * H, mask=wm, other=0.0)
         v_o = tl.load(wp + 3 * H * H, mask=wm, other=0.0)
+    if HMASK:  # the gates read h_prev * mask: its gradient is masked the same way
+        hmk = tl.load(hmask + own, mask=m2, other=0.0).to(tl.float32)
     gh = tl.load(dh + own, mask=m2, other=0.0)  # grad w.r.t. the state h after step s
     gc = tl.load(dc + own, mask=m2, other=0.0)  # grad w.r.t. the state c after step s
     if CARRY:  # no barrier and no branch in the loop: step s, then its share of gh
         ty = dgates.dtype.element_ty
         for it in range(0, s_hi + 1):
-            dpi, dpf, dpg, dpo, valid, gc = _step_dgates(
+            dpi, dpf, dpg, dpo, valid, gc, gh_rest = _step_dgates(
                 gates, cs, dout, dgates, s_hi - it, T, B, H, rows, cols, m2, own, length,
-                gh, gc, REVERSE,
+                gh, gc, peep, lnw, zc, zh, cn, ghat, chat, rstd, dgh, dcout, clip,
+                REVERSE, PEEP, LN, ZONEOUT, COUPLED, CLIP,
             )  # fmt: skip
             rec = _mma(dpi.to(ty), v_i, tl.full((BB, BH), 0.0, tl.float32), PREC)
             rec = _mma(dpf.to(ty), v_f, rec, PREC)
             rec = _mma(dpg.to(ty), v_g, rec, PREC)
             rec = _mma(dpo.to(ty), v_o, rec, PREC)
-            gh = tl.where(valid, rec, gh)  # a skipped step passes gh through
+            if HMASK:
+                rec = rec * hmk
+            if ZONEOUT:  # noqa: SIM108 (a constexpr: resolved at compile time)
+                gh = gh_rest + tl.where(valid, rec, 0.0)
+            else:
+                gh = tl.where(valid, rec, gh)  # a skipped step passes gh through
     else:
         broken = tl.full((), 0, tl.int32)  # a broken barrier: results are NaN from then on
         for it in range(0, s_hi - s_lo + 1):
@@ -331,14 +550,14 @@ def lstm_bwd_kernel(
                 # triton was imported before TRITON_INTERPRET was set
                 rec = tl.full((BB, BH), 0.0, tl.float32)
                 if W_RES:
-                    d_i, d_f, d_g, d_o = _load_dgates(dgates, t1, B, H, rows, rmask, 0, HP)
+                    d_i, d_f, d_g, d_o = _load_dgates(dgh, t1, B, H, rows, rmask, 0, HP)
                     rec = _mma(d_i, v_i, rec, PREC)
                     rec = _mma(d_f, v_f, rec, PREC)
                     rec = _mma(d_g, v_g, rec, PREC)
                     rec = _mma(d_o, v_o, rec, PREC)
                 else:
                     for k0 in range(0, H, BK):
-                        d_i, d_f, d_g, d_o = _load_dgates(dgates, t1, B, H, rows, rmask, k0, BK)
+                        d_i, d_f, d_g, d_o = _load_dgates(dgh, t1, B, H, rows, rmask, k0, BK)
                         kb = k0 + tl.arange(0, BK)
                         wp = whh + kb[:, None] * H + cols[None, :]
                         wm = (kb < H)[:, None] & (cols < H)[None, :]
@@ -349,12 +568,20 @@ def lstm_bwd_kernel(
                         rec = _mma(d_g, w, rec, PREC)
                         w = tl.load(wp + 3 * H * H, mask=wm, other=0.0)
                         rec = _mma(d_o, w, rec, PREC)
-                gh = tl.where((t1 < length)[:, None], rec, gh)  # a skipped step passes gh through
+                if HMASK:
+                    rec = rec * hmk
+                if ZONEOUT:  # gh holds the direct part already (see _step_dgates)
+                    gh = gh + tl.where((t1 < length)[:, None], rec, 0.0)
+                else:
+                    gh = tl.where((t1 < length)[:, None], rec, gh)  # a skipped step: gh as is
                 if SYNC:
                     gh = tl.where(broken != 0, float("nan"), gh)
                     gc = tl.where(broken != 0, float("nan"), gc)
             if s >= 0:
-                _, _, _, _, _, gc = _step_dgates(gates, cs, dout, dgates, s, T, B, H, rows, cols,
-                                                 m2, own, length, gh, gc, REVERSE)  # fmt: skip
+                _, _, _, _, _, gc, gh = _step_dgates(
+                    gates, cs, dout, dgates, s, T, B, H, rows, cols, m2, own, length, gh, gc,
+                    peep, lnw, zc, zh, cn, ghat, chat, rstd, dgh, dcout, clip,
+                    REVERSE, PEEP, LN, ZONEOUT, COUPLED, CLIP,
+                )  # fmt: skip
     tl.store(dh + own, gh, mask=m2)
     tl.store(dc + own, gc, mask=m2)

@@ -9,6 +9,9 @@ forward+backward, on an H100 (``bench/gpu_results.md``, 1000 steps):
 - float32 without TF32: cuDNN (Triton's 3xTF32 dots measured 0.9-14x cuDNN's time), and every
   size not measured above: cuDNN, which is the well-known default.
 
+A request with variants (``req.features``) never goes to cuDNN, which has none: Triton when it
+runs them (any size: the alternative is a Python loop), else ``fused``.
+
 "TF32 allowed" is decided as nn.LSTM's cuDNN path decides it (``triton.tf32_enabled``: the
 cuDNN RNN flag, on by default in torch), so both contestants run the same arithmetic.
 """
@@ -23,6 +26,11 @@ def auto_cuda(req) -> tuple[str, str]:
     from lstmkit.backends import unsupported
 
     why = unsupported("triton", req)
+    if req.features:  # cuDNN runs only the plain LSTM
+        feats = ", ".join(sorted(req.features))
+        if why is None:
+            return "triton", f"cuda: variants {feats} (cudnn has none; triton runs them)"
+        return "fused", f"cuda: variants {feats} (cudnn has none; triton cannot run {why})"
     if why is not None:
         return "cudnn", f"cuda: triton cannot run this ({why})"
     size = f"hidden {req.H}, batch {req.B}"

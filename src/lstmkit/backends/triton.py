@@ -9,6 +9,15 @@ Runs float32 and bfloat16 (fp32 accumulation, fp32 cell state). float32 uses TF3
 when torch.nn.LSTM's cuDNN path would (:func:`tf32_enabled`), else 3xTF32 (float32
 accuracy on the tensor cores). No projection (``proj_size``).
 
+Variants (``extras``, :class:`lstmkit.variants.CellExtras`): peepholes, layer norm, coupled
+gates, cell clipping, recurrent dropout and zoneout, forward and backward, in any combination,
+each a constexpr flag of the same kernels (the plain LSTM compiles as before). Layer norm of
+the input projection is torch ops over all steps (as the fused backend does); that of the
+recurrent projection (over 4H) and of the cell (over H) runs in the kernel, which needs one
+program to own every gate column of its batch rows: layer norm is planned so (``own_all``),
+and refused above hidden ``LN_MAX_HIDDEN``. The gradients of the peepholes and of the gains
+are sums over steps of saved values, torch ops after the reverse kernel.
+
 The work split (:func:`plan_split`) keeps each program's slice of ``weight_hh`` on chip when
 it fits the registers and the card's shared memory, else streams it; a launch the card
 still refuses for its shared memory is planned again with streamed weights. Triton is
@@ -26,11 +35,22 @@ import sys
 import torch
 
 from lstmkit.backends import BackendError, lacking
+from lstmkit.backends._bptt import input_projection, normalize_backward
+from lstmkit.variants import CellExtras
 
 _KERNELS = "lstmkit.backends._triton_kernels"
+_PLAIN = CellExtras()
 _DTYPES = (torch.float32, torch.bfloat16)
 _MAX_ELEMS = 2**31 - 1  # the kernels index with int32
-_FEATURES: frozenset[str] = frozenset()  # variants the kernels run (see lstmkit.variants)
+# variants the kernels run (see lstmkit.variants)
+_FEATURES = frozenset(
+    {"layer_norm", "peephole", "coupled", "cell_clip", "recurrent_dropout", "zoneout"}
+)
+# Layer norm keeps a row's 4H gates in one program: 4 x BB x HP fp32 accumulators, 64 KB at
+# BB = 16, HP = 256 (a register file per SM holds 256 KB); beyond that it is refused. Compiled
+# for sm_90 (bench/gpu_compile_report.py --variants layer_norm): no spills at hidden 64, about
+# 200 B per thread at 128, 1-2 KB at 256; the speed there is unmeasured (bench/gpu_variants.py).
+LN_MAX_HIDDEN = 256
 _RESIDENT_BYTES = 64 * 1024  # weight_hh slice kept in registers when it is at most this
 
 
@@ -59,7 +79,11 @@ def unsupported(req) -> str | None:
         return "proj_size"
     if req.T * req.B * 4 * req.H > _MAX_ELEMS:
         return f"T*B*4H = {req.T * req.B * 4 * req.H} elements (more than 2**31 - 1)"
-    return lacking(req, _FEATURES)
+    missing = lacking(req, _FEATURES)
+    if missing is None and "layer_norm" in req.features and req.H > LN_MAX_HIDDEN:
+        return (f"variant layer_norm at hidden {req.H} (its kernels keep all 4H gate columns of "
+                f"a row in one program: hidden at most {LN_MAX_HIDDEN})")  # fmt: skip
+    return missing
 
 
 def _kernels():
@@ -101,16 +125,17 @@ def _smem_per_block(device: torch.device) -> int:
     return int(getattr(props, "shared_memory_per_block_optin", props.shared_memory_per_block))
 
 
-# (device index, H, dtype, precision) whose resident-weight kernel the GPU refused for its
-# shared memory: planned with streamed weights from then on (see _launch)
+# (device index, H, dtype, precision, own_all) whose resident-weight kernel the GPU refused
+# for its shared memory: planned with streamed weights from then on (see _launch)
 _STREAMED: set = set()
 
 
-def _plan(B: int, H: int, dtype: torch.dtype, device: torch.device, prec: str = "ieee") -> dict:
+def _plan(B: int, H: int, dtype: torch.dtype, device: torch.device, prec: str = "ieee",
+          own_all: bool = False) -> dict:  # fmt: skip
     """The work split for this device (see :func:`plan_split`)."""
-    stream = (device.index, H, dtype, prec) in _STREAMED
+    stream = (device.index, H, dtype, prec, own_all) in _STREAMED
     return plan_split(B, H, dtype, prec, _sm_count(device), interpreted=device.type == "cpu",
-                      smem=_smem_per_block(device), stream=stream)  # fmt: skip
+                      smem=_smem_per_block(device), stream=stream, own_all=own_all)  # fmt: skip
 
 
 def plan_split(
@@ -122,6 +147,7 @@ def plan_split(
     interpreted: bool = False,
     smem: int = H100_SMEM,
     stream: bool = False,
+    own_all: bool = False,
 ) -> dict:
     """Choose the work split. The weight slice of one program (4 x HP x BH) stays on chip
     when it fits ``_RESIDENT_BYTES`` and the device's shared memory (``smem`` bytes per block:
@@ -130,12 +156,13 @@ def plan_split(
     spill (3xTF32 at hidden 256 broke that: it spilled, and ran 14x slower than cuDNN on an
     H100); else (or with ``stream``) weight_hh is streamed in K-chunks of BK. The persistent
     form needs every program co-resident. One program over all units (NH == 1) keeps h in
-    registers from step to step (``CARRY``)."""
+    registers from step to step (``CARRY``). ``own_all`` (layer norm: a row-wide reduction)
+    keeps every unit in one program (BH = HP), weights resident only within the same budget."""
     HP = max(16, _next_pow2(H))
     es = torch.empty(0, dtype=dtype).element_size()
     budget = min(_RESIDENT_BYTES, (smem - 8 * 1024) // 2)
     BH = HP
-    while BH > 16 and 4 * HP * BH * es > budget:
+    while BH > 16 and 4 * HP * BH * es > budget and not own_all:
         BH //= 2
     NH = -(-H // BH)
     # enough batch rows per program that all programs fit on the SMs at once, at least 16
@@ -159,7 +186,11 @@ def plan_split(
         and 4 * HP * BH * es <= budget
         and BB * HP * op_bytes * (2 if split3 else 1) <= _OPERAND_RESIDENT,
     }
-    plan.update({k: v for k, v in _OVERRIDE.items() if k in plan})
+    if own_all and not plan["W_RES"]:
+        # one program streams all 4 x HP columns: the smallest chunks (hidden 128: 164 B of
+        # spills on sm_90 at BK 16, 676 B at 64; hidden 256 spills 1.6 KB or more: unmeasured)
+        plan["BK"] = 16
+    plan.update({k: v for k, v in _OVERRIDE.items() if k in plan and not (own_all and k == "BH")})
     NH = -(-H // plan["BH"])
     NB = -(-B // plan["BB"])
     # a spinning barrier between programs needs them all running at once: one per SM
@@ -213,13 +244,13 @@ def _consts(p: dict, prec: str) -> dict:
     return {**{k: p[k] for k in keys}, "PREC": prec, "num_warps": p["num_warps"], "num_stages": 1}
 
 
-def _launch(kernel_name: str, B: int, H: int, like: torch.Tensor, launch) -> None:
+def _launch(kernel_name: str, B: int, H: int, like: torch.Tensor, launch, own_all=False) -> None:
     """Plan, then ``launch(kernel, plan, consts)``. A GPU with less shared memory than the
     plan assumed refuses a resident-weight kernel before it runs (Triton's OutOfResources):
     then plan again with streamed weights, and keep doing so for this shape."""
     k = _kernels()
     prec = _precision(like.dtype, like.device)
-    p = _plan(B, H, like.dtype, like.device, prec)
+    p = _plan(B, H, like.dtype, like.device, prec, own_all)
     try:
         launch(getattr(k, kernel_name), p, _consts(p, prec))
     except Exception as e:
@@ -227,12 +258,69 @@ def _launch(kernel_name: str, B: int, H: int, like: torch.Tensor, launch) -> Non
 
         if not isinstance(e, OutOfResources) or not p["W_RES"]:
             raise
-        _STREAMED.add((like.device.index, H, like.dtype, prec))
-        p = _plan(B, H, like.dtype, like.device, prec)
+        _STREAMED.add((like.device.index, H, like.dtype, prec, own_all))
+        p = _plan(B, H, like.dtype, like.device, prec, own_all)
         launch(getattr(k, kernel_name), p, _consts(p, prec))
 
 
-def _forward(gates, w_hh, hs, cs, out, lens, reverse, store):
+class _Variant:
+    """The variants of one forward as the kernels take them: constexpr flags, and a buffer for
+    each pointer argument (``dummy`` for those whose flag is off: never read)."""
+
+    def __init__(self, ex, T: int, B: int, H: int, x: torch.Tensor, store: bool):
+        f32 = {"dtype": torch.float32, "device": x.device}
+        dummy = x  # any tensor: the plain path allocates nothing more
+        ex = ex or _PLAIN
+        self.flags = {
+            "PEEP": ex.peephole is not None,
+            "LN": ex.layer_norm is not None,
+            "HMASK": ex.h_mask is not None,
+            "ZONEOUT": ex.zoneout_c is not None or ex.zoneout_h is not None,
+            "COUPLED": bool(ex.coupled),
+            "CLIP": ex.cell_clip is not None,
+        }
+        self.any = any(self.flags.values())
+        self.clip = float(ex.cell_clip) if ex.cell_clip is not None else 0.0
+
+        def f32c(v):
+            return v.detach().to(torch.float32).contiguous()
+
+        self.peep = f32c(ex.peephole) if self.flags["PEEP"] else dummy
+        self.lnw = dummy
+        if self.flags["LN"]:
+            _, g_hh, g_c, b_c = ex.layer_norm
+            self.lnw = torch.cat([f32c(g_hh), f32c(g_c), f32c(b_c)])
+        self.hmask = ex.h_mask.detach().to(x.dtype).contiguous() if self.flags["HMASK"] else dummy
+        self.zc = self.zh = self.cn = dummy
+        if self.flags["ZONEOUT"]:
+
+            def zone(z):  # a 0/1 mask (T, B, H), a probability (evaluation) or None
+                if isinstance(z, torch.Tensor):
+                    return f32c(z).expand(T, B, H).contiguous()
+                return torch.full((T, B, H), float(z or 0.0), **f32)
+
+            self.zc, self.zh = zone(ex.zoneout_c), zone(ex.zoneout_h)
+            self.cn = torch.empty(T, B, H, **f32) if store else dummy
+        self.ghat = self.chat = self.rstd = dummy
+        if self.flags["LN"] and store:
+            self.ghat = torch.empty(T, B, 4 * H, **f32)
+            self.chat = torch.empty(T, B, H, **f32)
+            self.rstd = torch.empty(T, B, 2, **f32)
+
+    def fwd_args(self):
+        return (self.peep, self.lnw, self.hmask, self.zc, self.zh, self.cn, self.ghat,
+                self.chat, self.rstd)  # fmt: skip
+
+    def bwd_args(self, dgh, dcout):
+        return (self.peep, self.lnw, self.hmask, self.zc, self.zh, self.cn, self.ghat,
+                self.chat, self.rstd, dgh, dcout)  # fmt: skip
+
+    def consts(self) -> dict:
+        # only the flags that are on: the plain launch passes exactly what it passed before
+        return {k: True for k, v in self.flags.items() if v}
+
+
+def _forward(gates, w_hh, hs, cs, out, lens, reverse, store, var):
     """Run the recurrence in place on the buffers (shapes in ``_triton_kernels``)."""
     T, B, H = out.shape
 
@@ -241,14 +329,14 @@ def _forward(gates, w_hh, hs, cs, out, lens, reverse, store):
         spans = [(s, s + 1) for s in range(T)] if p["stepwise"] else [(0, T)]
         for s0, s1 in spans:
             kernel[p["grid"]](
-                gates, w_hh, hs, cs, out, lens, counter, T, B, H, s0, s1,
-                REVERSE=reverse, STORE=store, SYNC=p["SYNC"], **c,
+                gates, w_hh, hs, cs, out, lens, counter, *var.fwd_args(), T, B, H, s0, s1,
+                var.clip, REVERSE=reverse, STORE=store, SYNC=p["SYNC"], **c, **var.consts(),
             )  # fmt: skip
 
-    _launch("lstm_fwd_kernel", B, H, gates, launch)
+    _launch("lstm_fwd_kernel", B, H, gates, launch, own_all=var.flags["LN"])
 
 
-def _backward(gates, w_hh, cs, dout, dgates, dh, dc, lens, reverse):
+def _backward(gates, w_hh, cs, dout, dgates, dh, dc, lens, reverse, var, dgh, dcout):
     T, B, H = dout.shape
 
     def launch(kernel, p, c):
@@ -257,22 +345,34 @@ def _backward(gates, w_hh, cs, dout, dgates, dh, dc, lens, reverse):
         spans = [(s, s) for s in range(T - 1, -2, -1)] if p["stepwise"] else [(T - 1, -1)]
         for s_hi, s_lo in spans:
             kernel[p["grid"]](
-                gates, w_hh, cs, dout, dgates, dh, dc, lens, counter, T, B, H, s_hi, s_lo,
-                REVERSE=reverse, SYNC=p["SYNC"], **c,
+                gates, w_hh, cs, dout, dgates, dh, dc, lens, counter,
+                *var.bwd_args(dgh, dcout), T, B, H, s_hi, s_lo, var.clip,
+                REVERSE=reverse, SYNC=p["SYNC"], **c, **var.consts(),
             )  # fmt: skip
 
-    _launch("lstm_bwd_kernel", B, H, gates, launch)
+    _launch("lstm_bwd_kernel", B, H, gates, launch, own_all=var.flags["LN"])
 
 
 class _LSTMFunction(torch.autograd.Function):
+    """One layer, one direction. The variants' parameters (peephole (3H,), layer-norm gains
+    g_ih, g_hh (4H,), g_c, b_c (H,)) are inputs, so that they get gradients; ``ex`` carries
+    them with this forward's masks (which get none)."""
+
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, g_ih, g_hh, g_c, b_c, lengths,
+                reverse, ex):  # fmt: skip
         T, B, I = x.shape
         H = w_hh.size(1)
         dtype = x.dtype
-        x2 = x.reshape(T * B, I)
-        gates = torch.addmm(b_ih + b_hh, x2, w_ih.t()) if b_ih is not None else x2 @ w_ih.t()
-        gates = gates.view(T, B, 4 * H)
+        store = any(ctx.needs_input_grad)
+        var = _Variant(ex, T, B, H, x, store)
+        xhat = xrstd = None
+        if g_ih is not None:  # layer norm of the input projection: torch ops over all steps
+            gates, xhat, xrstd = input_projection(x, w_ih, b_ih, b_hh, g_ih)
+        else:
+            x2 = x.reshape(T * B, I)
+            gates = torch.addmm(b_ih + b_hh, x2, w_ih.t()) if b_ih is not None else x2 @ w_ih.t()
+        gates = gates.reshape(T, B, 4 * H).contiguous()
         hs = x.new_empty(T + 1, B, H)
         hs[0] = h0
         cs = torch.empty(T + 1, B, H, dtype=torch.float32, device=x.device)
@@ -283,17 +383,18 @@ class _LSTMFunction(torch.autograd.Function):
         else:
             lens = lengths.to(device=x.device, dtype=torch.int32)
         w_hh = w_hh.contiguous()
-        store = any(ctx.needs_input_grad)
-        _forward(gates, w_hh, hs, cs, out, lens, reverse, store)
+        _forward(gates, w_hh, hs, cs, out, lens, reverse, store, var)
         if store:
-            ctx.save_for_backward(x, w_ih, w_hh, gates, hs, cs, lens)
+            ctx.save_for_backward(x, w_ih, w_hh, gates, hs, cs, lens, xhat, xrstd, g_ih)
+            ctx.var = var
         ctx.meta = (reverse, b_ih is not None, h0.dtype, c0.dtype)
         return out, hs[T].clone(), cs[T].to(dtype)
 
     @staticmethod
     def backward(ctx, dout, dh_n, dc_n):
-        x, w_ih, w_hh, gates, hs, cs, lens = ctx.saved_tensors
+        x, w_ih, w_hh, gates, hs, cs, lens, xhat, xrstd, g_ih = ctx.saved_tensors
         reverse, has_bias, h_dtype, c_dtype = ctx.meta
+        var = ctx.var
         T, B, I = x.shape
         H = w_hh.size(1)
         if dout is None:
@@ -305,18 +406,56 @@ class _LSTMFunction(torch.autograd.Function):
         if dc_n is not None:
             dc += dc_n
         dgates = torch.empty(T, B, 4 * H, dtype=x.dtype, device=x.device)
-        _backward(gates, w_hh, cs, dout.contiguous(), dgates, dh, dc, lens, reverse)
+        ln = var.flags["LN"]
+        dgh = torch.empty_like(dgates) if ln else dgates  # gradient of h @ W_hh^T
+        dcout = torch.empty(T, B, H, dtype=torch.float32, device=x.device) if ln else dh
+        _backward(gates, w_hh, cs, dout.contiguous(), dgates, dh, dc, lens, reverse, var, dgh,
+                  dcout)  # fmt: skip
         # everything that is not the recurrence: large matmuls over all T*B rows at once
-        dg2 = dgates.view(T * B, 4 * H)
         need = ctx.needs_input_grad
-        dx = (dg2 @ w_ih).view(T, B, I) if need[0] else None
-        dw_ih = dg2.t() @ x.reshape(T * B, I) if need[3] else None
+        dg2 = dgates.view(T * B, 4 * H)
+        dxg = dg2  # gradient of x @ W_ih^T
+        dg_ih = None
+        if xhat is not None:
+            dg_ih = (dgates.float() * xhat).sum((0, 1)).to(g_ih.dtype) if need[8] else None
+            dxg = normalize_backward(dgates * g_ih, xhat, xrstd).view(T * B, 4 * H)
+        dx = (dxg @ w_ih).view(T, B, I) if need[0] else None
+        dw_ih = dxg.t() @ x.reshape(T * B, I) if need[3] else None
         dw_hh = None
         if need[4]:
             h_prev = hs[:T].flip(0) if reverse else hs[:T]  # h entering step t, time order
-            dw_hh = dg2.t() @ h_prev.reshape(T * B, H)
+            if var.flags["HMASK"]:
+                h_prev = h_prev * var.hmask  # the gates read h * mask
+            dw_hh = dgh.view(T * B, 4 * H).t() @ h_prev.reshape(T * B, H)
         db = dg2.float().sum(0).to(x.dtype) if has_bias and (need[5] or need[6]) else None
-        return dx, dh.to(h_dtype), dc.to(c_dtype), dw_ih, dw_hh, db, db, None, None
+        vg = _variant_grads(var, dgates, cs, dcout, reverse, need, x.dtype) if var.any else []
+        vg = vg or [None] * 4
+        return (dx, dh.to(h_dtype), dc.to(c_dtype), dw_ih, dw_hh, db, db, vg[0], dg_ih, *vg[1:],
+                None, None, None)  # fmt: skip
+
+
+def _variant_grads(var, dgates, cs, dcout, reverse, need, dtype) -> list:
+    """Gradients of the peepholes and of g_hh, g_c, b_c: sums over every step of saved values
+    (dgates is zero on dead steps, and so is dcout)."""
+    H = cs.size(2)
+    T = dgates.size(0)
+    dG = dgates.float()
+    dpeep = dg_hh = dg_c = db_c = None
+    if var.flags["PEEP"] and need[7]:
+        c_prev = cs[:T].flip(0) if reverse else cs[:T]  # the cell entering step t, time order
+        c_new = var.cn if var.flags["ZONEOUT"] else (cs[1:].flip(0) if reverse else cs[1:])
+        dpeep = torch.cat(
+            [
+                (dG[..., :H] * c_prev).sum((0, 1)),
+                (dG[..., H : 2 * H] * c_prev).sum((0, 1)),
+                (dG[..., 3 * H :] * c_new).sum((0, 1)),
+            ]
+        ).to(dtype)
+    if var.flags["LN"]:
+        dg_hh = (dG * var.ghat).sum((0, 1)).to(dtype) if need[9] else None
+        dg_c = (dcout * var.chat).sum((0, 1)).to(dtype) if need[10] else None
+        db_c = dcout.sum((0, 1)).to(dtype) if need[11] else None
+    return [dpeep, dg_hh, dg_c, db_c]
 
 
 def run(
@@ -324,12 +463,18 @@ def run(
 ):
     """One layer, one direction; see :mod:`lstmkit.backends` for shapes and semantics.
 
-    x (T, B, I), h0 (B, H), c0 (B, H) -> out (T, B, H), h_n (B, H), c_n (B, H)."""
+    x (T, B, I), h0 (B, H), c0 (B, H) -> out (T, B, H), h_n (B, H), c_n (B, H); ``extras``:
+    the variants (:class:`lstmkit.variants.CellExtras`) or None."""
     if weight_hr is not None:
         raise BackendError("backend 'triton' does not support proj_size")
-    if extras is not None:
-        raise BackendError("backend 'triton' does not support the LSTM variants")
+    peep = None if extras is None else extras.peephole
+    ln = (None,) * 4 if extras is None or extras.layer_norm is None else extras.layer_norm
+    if ln[0] is not None and weight_hh.size(1) > LN_MAX_HIDDEN:
+        raise BackendError(
+            f"backend 'triton' does not support variant layer_norm at hidden "
+            f"{weight_hh.size(1)} (at most {LN_MAX_HIDDEN})"
+        )
     return _LSTMFunction.apply(
         x.contiguous(), h0.contiguous(), c0.contiguous(), weight_ih, weight_hh,
-        bias_ih, bias_hh, lengths, bool(reverse),
+        bias_ih, bias_hh, peep, *ln, lengths, bool(reverse), extras,
     )  # fmt: skip
