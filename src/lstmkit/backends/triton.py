@@ -34,8 +34,7 @@ import sys
 
 import torch
 
-from lstmkit.backends import BackendError, lacking
-from lstmkit.backends._bptt import input_projection, normalize_backward
+from lstmkit.backends import BackendError, _variant_loops, lacking
 from lstmkit.variants import CellExtras
 
 _KERNELS = "lstmkit.backends._triton_kernels"
@@ -368,7 +367,9 @@ class _LSTMFunction(torch.autograd.Function):
         var = _Variant(ex, T, B, H, x, store)
         xhat = xrstd = None
         if g_ih is not None:  # layer norm of the input projection: torch ops over all steps
-            gates, xhat, xrstd = input_projection(x, w_ih, b_ih, b_hh, g_ih)
+            raw = (x.reshape(T * B, I) @ w_ih.t()).view(T, B, 4 * H)
+            shift = None if b_ih is None else b_ih + b_hh
+            gates, xhat, xrstd = _variant_loops.norm_rows(raw, g_ih, shift, True)
         else:
             x2 = x.reshape(T * B, I)
             gates = torch.addmm(b_ih + b_hh, x2, w_ih.t()) if b_ih is not None else x2 @ w_ih.t()
@@ -417,8 +418,8 @@ class _LSTMFunction(torch.autograd.Function):
         dxg = dg2  # gradient of x @ W_ih^T
         dg_ih = None
         if xhat is not None:
-            dg_ih = (dgates.float() * xhat).sum((0, 1)).to(g_ih.dtype) if need[8] else None
-            dxg = normalize_backward(dgates * g_ih, xhat, xrstd).view(T * B, 4 * H)
+            dxg, dg_ih = _variant_loops.norm_rows_backward(dgates, g_ih, xhat, xrstd)
+            dxg, dg_ih = dxg.view(T * B, 4 * H), dg_ih if need[8] else None
         dx = (dxg @ w_ih).view(T, B, I) if need[0] else None
         dw_ih = dxg.t() @ x.reshape(T * B, I) if need[3] else None
         dw_hh = None
