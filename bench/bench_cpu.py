@@ -16,7 +16,10 @@ medians. Cells too slow for the tutorial loop leave it out; in big cells the bac
 picks is not timed a second time (it is marked "=auto"); the single largest cell (T=1000,
 B=256, H=1024: minutes per repetition, > 10 GB) runs only with ``--full``. Ratios are
 ours / nn.LSTM (below 1 is faster); the summary has their geometric mean and maximum per
-backend. Prints a markdown table and writes JSON.
+backend. Each cell also gets a roofline: the machine's own limits are measured first (peak
+GEMM GFLOP/s and copy bandwidth, :func:`probe_machine`), and for nn.LSTM and auto the table
+gives the achieved GFLOP/s, whether the cell is compute- or memory-bound, and the share of
+the limit reached (:func:`roofline`). Prints a markdown table and writes JSON.
 """
 
 from __future__ import annotations
@@ -223,6 +226,9 @@ def run(grid, modes=("infer", "train"), budget_s=2.0, min_reps=3, log=print) -> 
     """Benchmark every (H, B, T) in ``grid`` for each mode; the JSON-ready result."""
     cells = []
     t0 = time.perf_counter()
+    limits = probe_machine()
+    peak, bw = limits["peak_gflops"], limits["bandwidth_gbs"]
+    log(f"machine: {peak:.0f} GFLOP/s peak GEMM, {bw:.1f} GB/s copy")
     for H, B, T in grid:
         if T * B * H * H > MAX_WORK:
             log(f"skip H={H} B={B} T={T}: T*B*H^2 above {MAX_WORK:.0e} (minutes per repetition)")
@@ -233,6 +239,9 @@ def run(grid, modes=("infer", "train"), budget_s=2.0, min_reps=3, log=print) -> 
             cell = bench_cell(H, B, T, mode, names, budget_s=budget_s, min_reps=min_reps)
             if skipped:
                 cell["skipped"] = skipped
+            cell["roofline"] = {
+                n: roofline(H, B, T, mode, cell["median_s"][n], limits) for n in ("nn.LSTM", "auto")
+            }
             cells.append(cell)
             log(_line(cell) + f"  [{time.perf_counter() - t0:.0f}s]")
     return {
@@ -242,11 +251,56 @@ def run(grid, modes=("infer", "train"), budget_s=2.0, min_reps=3, log=print) -> 
             "torch": torch.__version__,
             "mkldnn_enabled": torch._C._get_mkldnn_enabled(),
             "python": platform.python_version(),
+            **limits,
         },
         "settings": {"budget_s": budget_s, "min_reps": min_reps, "dtype": "float32"},
         "cells": cells,
         "summary": summarize(cells),
         "total_s": time.perf_counter() - t0,
+    }
+
+
+def probe_machine(seconds: float = 0.5) -> dict:
+    """This machine's limits at torch's thread count: peak fp32 GFLOP/s (a large GEMM, the
+    best the BLAS reaches) and memory bandwidth in GB/s (copying 256 MB, read + write)."""
+
+    def best(fn, reps_min=3):
+        fn()
+        times, start = [], time.perf_counter()
+        while len(times) < reps_min or time.perf_counter() - start < seconds:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    gflops = 2 * n**3 / best(lambda: torch.mm(a, b)) / 1e9
+    src = torch.ones(64 << 20)
+    dst = torch.empty_like(src)
+    gbs = 2 * src.numel() * 4 / best(lambda: dst.copy_(src)) / 1e9
+    return {"peak_gflops": gflops, "bandwidth_gbs": gbs}
+
+
+def roofline(H: int, B: int, T: int, mode: str, seconds: float, limits: dict) -> dict:
+    """What one cell asks of the machine and how close ``seconds`` comes to its limit.
+
+    Work: the GEMM flops, 2·B·4H·(I + H) per step forward (I = H here), three times that to
+    train (forward, the gradients of the inputs and states, and of the weights). Traffic per
+    step, a lower bound: weight_hh read once (it is re-read every step; it only stays in cache
+    when small), the gates written and read back, and h and c (4 bytes each; twice to train).
+    The bound is the larger of work / peak and traffic / bandwidth; "of limit" is bound / time.
+    """
+    G = 4 * H
+    flops = 2 * B * G * (2 * H) * T * (3 if mode == "train" else 1)
+    bytes_ = (G * H + 2 * B * G + 4 * B * H) * 4 * T * (2 if mode == "train" else 1)
+    compute_s = flops / (limits["peak_gflops"] * 1e9)
+    memory_s = bytes_ / (limits["bandwidth_gbs"] * 1e9)
+    return {
+        "gflops": flops / seconds / 1e9,
+        "gbs": bytes_ / seconds / 1e9,
+        "bound": "compute" if compute_s >= memory_s else "memory",
+        "of_limit": max(compute_s, memory_s) / seconds,
     }
 
 
@@ -259,11 +313,18 @@ def markdown(result: dict) -> str:
     """The result as a markdown table (times in ms, ratios ours / nn.LSTM) plus a summary."""
     m = result["machine"]
     lines = [
-        f"CPU: {m['cpu']}, torch threads: {m['threads']}, torch {m['torch']}",
+        f"CPU: {m['cpu']}, torch threads: {m['threads']}, torch {m['torch']}"
+        + (
+            f"; measured limits: {m['peak_gflops']:.0f} GFLOP/s (GEMM), "
+            f"{m['bandwidth_gbs']:.1f} GB/s (copy)"
+            if "peak_gflops" in m
+            else ""
+        ),
         "",
         "| mode | H | B | T | nn.LSTM ms | auto (pick) ms | fused ms | native ms | tutorial ms "
-        "| auto/nn | fused/nn | native/nn |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| auto/nn | fused/nn | native/nn | bound | nn.LSTM of limit | auto of limit "
+        "| auto GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in result["cells"]:
         if "median_s" not in c:
@@ -280,7 +341,7 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {c['mode']} | {c['H']} | {c['B']} | {c['T']} | {t['nn.LSTM'] * 1e3:.3g} "
             f"| {ms['auto']} ({pick}) | {ms['fused']} | {ms['native']} "
-            f"| {tut} | {r['auto']:.2f} | {r['fused']:.2f} | {r['native']:.2f} |"
+            f"| {tut} | {r['auto']:.2f} | {r['fused']:.2f} | {r['native']:.2f} |" + _roof_cols(c)
         )
     lines += [
         "",
@@ -302,6 +363,14 @@ def markdown(result: dict) -> str:
                     f"\nauto vs tutorial loop, {mode}, H=64 B=1 T=1000: {s['speedup']:.1f}x faster"
                 )
     return "\n".join(lines)
+
+
+def _roof_cols(c: dict) -> str:
+    rl = c.get("roofline")
+    if not rl:
+        return " - | - | - | - |"
+    nn_, au = rl["nn.LSTM"], rl["auto"]
+    return f" {au['bound']} | {nn_['of_limit']:.0%} | {au['of_limit']:.0%} | {au['gflops']:.1f} |"
 
 
 def quick_grid() -> list[tuple[int, int, int]]:

@@ -37,6 +37,13 @@ def test_one_tiny_cell_gives_the_documented_json(bench, tmp_path):
         assert s["auto_vs_tutorial"][0]["speedup"] > 0
     table = bench.markdown(result)
     assert "| infer | 8 | 2 | 3 |" in table and "geomean" in table
+    assert result["machine"]["peak_gflops"] > 0 and result["machine"]["bandwidth_gbs"] > 0
+    for c in cells:  # the roofline: achieved rates and the share of the machine's limit
+        for who in ("nn.LSTM", "auto"):
+            rl = c["roofline"][who]
+            assert rl["gflops"] > 0 and rl["gbs"] > 0 and rl["of_limit"] > 0
+            assert rl["bound"] in ("compute", "memory")
+    assert "of limit" in table
 
 
 def test_cli_quick_writes_json(bench, tmp_path, monkeypatch, capsys):
