@@ -91,12 +91,24 @@ def cmd_train(args) -> int:
     if env_rank() != 0:  # under torchrun, rank 0 reports for every rank
         return 0
     stop = " (stopped early)" if res.stopped_early else ""
+    _print_inferred(res.path)
     print(
         f"trained {cfg.data.task}: {res.epochs} epochs{stop}, train loss {res.train_loss:.3g}, "
         f"validation loss {res.val_loss:.3g} (best {res.best_val_loss:.3g}), "
         f"{res.seconds:.1f} s -> {res.path}"
     )
     return 0
+
+
+def _print_inferred(run_dir) -> None:
+    """What a csv run learned about its series (frequency, period, scaling), one line."""
+    from lstmkit.checkpoint import CONFIG
+    from lstmkit.data.csv import describe
+
+    meta = json.loads((run_dir / CONFIG).read_text())["task"].get("meta", {})
+    line = describe(meta) if isinstance(meta, dict) else ""
+    if line:
+        print(line)
 
 
 def cmd_predict(args) -> int:

@@ -62,10 +62,16 @@ def forecast(run: Run, values, horizon: int) -> list[float]:
         raise DataError(f"horizon must be an integer >= 1, got {horizon!r}")
     x = _context(run, values)
     _need_defined(run, x.size(1), "forecast")
-    window = run.config.data.length
+    return recursive(run.model, run.scaler, x, horizon, run.config.data.length)[0].tolist()
+
+
+@torch.no_grad()
+def recursive(model, scaler, x: torch.Tensor, horizon: int, window: int) -> torch.Tensor:
+    """(N, horizon) forecasts after each context x (N, T, 1), each prediction fed back;
+    every step reads the last ``window`` values (the window the model was trained on)."""
     for _ in range(horizon):
         ctx = x[:, -window:]
-        xs, _ = run.scaler.encode(ctx)
-        nxt = run.scaler.decode(run.model(xs)[:, -1:], ctx)
+        xs, _ = scaler.encode(ctx)
+        nxt = scaler.decode(model(xs)[:, -1:], ctx)
         x = torch.cat([x, nxt], dim=1)
-    return x[0, -horizon:, 0].tolist()
+    return x[:, -horizon:, 0]
