@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
+import torch
 
 from lstmkit import data as tasks
 from lstmkit import timeseries as ts
@@ -74,6 +75,15 @@ def test_season_is_checked_against_the_autocorrelation():
     )
     assert ts.choose_period(_seasonal(200, 7), None)[0] == 7  # no dates: the ACF peak
     assert ts.choose_period(walk, None)[0] == 1
+    rng, steps = np.random.default_rng(2), [0.0]
+    for _ in range(300):  # persistent growth (AR(1) steps): correlated at every lag, no peak
+        steps.append(0.9 * steps[-1] + rng.normal())
+    quarterly = ts.Frequency("quarterly", 91 * 86400, 4)
+    assert ts.choose_period(np.cumsum(steps), quarterly)[0] == 1
+    weekly = ts.Frequency("weekly", 7 * 86400, 52)
+    t = np.arange(520)
+    yearly_cycle = np.sin(2 * np.pi * t / 52.18) + rng.normal(0, 0.1, 520)
+    assert ts.choose_period(yearly_cycle, weekly)[0] == 52  # 52.18 weeks: a peak near lag 52
     assert ts.choose_period(csv.read_series(""), None)[0] == 12  # airline without its dates
 
 
@@ -157,7 +167,9 @@ def test_validation_scores_horizon_step_forecasts(tmp_path):
     v = csv.read_series(path, "v", "date")
     n_train = len(v) - 16
     assert fv["target"][0].tolist() == pytest.approx(v[n_train : n_train + 4], abs=1e-4)
-    assert fv["target"].shape[0] == 5  # origins at every step where 4 steps fit in 8
+    assert fv["target"].shape[0] == 8  # every validation value is an origin...
+    assert torch.isnan(fv["target"][-1, 1:]).all()  # ...scored up to the part's end
+    assert fv["target"][-1, 0].item() == pytest.approx(v[n_train + 7], abs=1e-4)
     assert math.isfinite(fv["scale"]) and fv["scale"] > 0
 
 
@@ -192,3 +204,116 @@ def test_a_run_written_before_these_fields_still_loads(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--run", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 24
+
+
+# ---- backtest, intervals, the production forecast -------------------------------------------
+
+
+def test_scores_and_naive_baselines():
+    from lstmkit.backtest import naive_forecasts, score
+
+    hist = [1.0, 2, 3, 4, 5, 6]
+    f = naive_forecasts(hist, 4, 3)
+    np.testing.assert_allclose(f["naive"], [6, 6, 6, 6])
+    np.testing.assert_allclose(f["seasonal naive (3)"], [4, 5, 6, 4])
+    np.testing.assert_allclose(f["drift"], [7, 8, 9, 10])
+    s = score([7, 8, 9, 10], [7, 8, 9, 12], hist, 1)  # in-sample naive error is 1
+    assert s["mae"] == 0.5 and s["mase"] == 0.5 and s["rmse"] == 1.0
+    assert s["smape"] == pytest.approx(200 * 2 / 22 / 4)
+
+
+@pytest.fixture
+def quarterly_run(tmp_path):
+    path = _quarterly(tmp_path)
+    out = tmp_path / "q"
+    flags = ["--task", "csv", "--csv", path, "--date-column", "date", "--test-size", "8"]
+    assert main(["train", "--out", str(out), *TINY, *flags]) == 0
+    return out
+
+
+def test_backtest_table_says_whether_the_lstm_beats_each_baseline(quarterly_run, capsys):
+    capsys.readouterr()
+    assert main(["backtest", "--run", str(quarterly_run), "--windows", "3", "--step", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "origins [64, 68, 72]" in out and "(2 in-sample for the run's model)" in out
+    for name in ("LSTM", "naive", "seasonal naive (4)", "drift", "ETS", "Theta", "ARIMA"):
+        assert name in out
+    verdicts = [line for line in out.splitlines() if line.startswith("LSTM ")]
+    verdicts = [v for v in verdicts if ": mean MASE" in v]
+    assert len(verdicts) == 6 and all(" beat" in v for v in verdicts)
+    capsys.readouterr()
+    args = ["backtest", "--run", str(quarterly_run), "--windows", "2", "--level", "80", "--json"]
+    assert main(args) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert len(rep["windows"]["LSTM"]) == 2 and set(rep["mean"]["LSTM"]) == {
+        "mae",
+        "rmse",
+        "smape",
+        "mase",
+    }
+    assert 0.0 <= rep["coverage"]["80"] <= 1.0
+    assert main(["backtest", "--run", str(quarterly_run), "--windows", "40"]) == 2
+    assert "windows of 8 steps" in capsys.readouterr().err
+
+
+def test_backtest_refit_trains_a_model_per_window(quarterly_run):
+    from lstmkit.backtest import backtest
+    from lstmkit.checkpoint import load_run
+
+    bt = backtest(load_run(quarterly_run), windows=2, step=4, refit=True, classical=False)
+    assert bt.in_sample == [False, False] and set(bt.windows) == {
+        "LSTM",
+        "naive",
+        "seasonal naive (4)",
+        "drift",
+    }
+    assert all(math.isfinite(r["mase"]) for r in bt.windows["LSTM"])
+
+
+def test_predict_levels_and_dated_forecast_file(quarterly_run, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["predict", "--run", str(quarterly_run), "--level", "80", "95", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    f, lo80, hi80, lo95, hi95 = (rep[k] for k in ("forecast", "lo_80", "hi_80", "lo_95", "hi_95"))
+    assert len(f) == 8 and rep["date"][0] == "2010-01-01"  # the quarter after the last row
+    assert all(
+        a <= b <= c <= d <= e for a, b, c, d, e in zip(lo95, lo80, f, hi80, hi95, strict=True)
+    )
+    assert hi95[-1] - lo95[-1] > hi95[0] - lo95[0]  # wider further ahead
+    out = tmp_path / "fc.csv"
+    assert main(["predict", "--run", str(quarterly_run), "--out", str(out), "--level", "90"]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "date,forecast,lo_90,hi_90" and lines[1].startswith("2010-01-01,")
+    assert len(lines) == 9 and lines[-1].startswith("2011-10-01,")
+    assert main(["predict", "--run", str(quarterly_run), "--horizon", "2", "--level", "0"]) == 2
+    assert "--level must be between 0 and 100" in capsys.readouterr().err
+
+
+def test_test_size_zero_trains_on_all_the_data(tmp_path, capsys):
+    path = _quarterly(tmp_path)
+    out = tmp_path / "prod"
+    flags = ["--task", "csv", "--csv", path, "--date-column", "date", "--test-size", "0"]
+    assert main(["train", "--out", str(out), *TINY, *flags]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["data"]["horizon"] == 4  # the season when nothing is held out
+    from lstmkit.checkpoint import load_run
+
+    run = load_run(out)
+    td = tasks.make(run.config.data, 0)
+    assert td.train.y[-1, -1, 0].item() == pytest.approx(csv.read_series(path, "v", "date")[-1])
+    assert main(["evaluate", "--run", str(out)]) == 2
+    assert "held out no test values" in capsys.readouterr().err
+    assert main(["plot", "--run", str(out)]) == 0  # loss curves only
+    assert main(["predict", "--run", str(out), "--out", str(tmp_path / "f.csv")]) == 0
+    assert (tmp_path / "f.csv").read_text().splitlines()[1].startswith("2010-01-01,")
+
+
+def test_plot_shades_the_intervals(quarterly_run):
+    from lstmkit.checkpoint import load_run
+    from lstmkit.plots import plot_forecast
+
+    run = load_run(quarterly_run)
+    path = plot_forecast(run, quarterly_run / "f.png")
+    assert path.stat().st_size > 10_000
+    (quarterly_run / "intervals.json").unlink()
+    assert plot_forecast(run, quarterly_run / "g.png").stat().st_size > 10_000

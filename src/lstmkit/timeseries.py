@@ -129,13 +129,18 @@ def acf(x: np.ndarray, max_lag: int) -> np.ndarray:
     return r / r[0] if r[0] > 0 else np.zeros(max_lag + 1)
 
 
-def _season_strength(x: np.ndarray, p: int) -> tuple[float, float]:
-    """(autocorrelation at lag p, its 90% one-sided bound under no season beyond lag p) of
-    the first differences (a trend would make every lag look correlated)."""
+def _season_strength(x: np.ndarray, p: int, slack: int = 0) -> tuple[float, float]:
+    """(autocorrelation at lag p, its 95% one-sided bound under no season beyond lag p) of
+    the first differences (a trend would make every lag look correlated). A season shows as
+    a peak at its lag; a persistent series' autocorrelation decays through it instead, so
+    no peak at lag p (within ``slack`` lags: 52.18 weeks a year) counts as none (0)."""
     d = np.diff(np.asarray(x, dtype=np.float64))
-    r = acf(d, p)
-    bound = 1.282 * math.sqrt((1 + 2 * float(np.sum(r[1:p] ** 2))) / len(d))
-    return float(r[p]), bound
+    r = acf(d, min(p + 2, len(d) - 1))
+    bound = 1.645 * math.sqrt((1 + 2 * float(np.sum(r[1:p] ** 2))) / len(d))
+    near = [q for q in range(p - slack, p + slack + 1) if 1 <= q < len(r)]
+    q = max(near, key=lambda k: r[k])
+    peak = all(r[q] >= r[k] for k in (q - 1, q + 1) if 1 <= k < len(r))
+    return (float(r[p]) if peak else 0.0), bound
 
 
 def choose_period(values, freq: Frequency | None) -> tuple[int, str]:
@@ -149,7 +154,7 @@ def choose_period(values, freq: Frequency | None) -> tuple[int, str]:
             return 1, f"{freq.name} data: no season"
         if n < 3 * p + 1:
             return 1, f"{freq.name} data suggest {p}, but {n} values are under 3 seasons"
-        r, bound = _season_strength(x, p)
+        r, bound = _season_strength(x, p, slack=int(freq.name == "weekly"))
         if r > bound:
             return p, f"{freq.name} data, autocorrelation {r:.2f} at lag {p} (bound {bound:.2f})"
         return 1, f"{freq.name} data suggest {p}, dropped: autocorrelation {r:.2f} <= {bound:.2f}"

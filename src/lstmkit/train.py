@@ -92,14 +92,15 @@ def masked_loss(pred: Tensor, y: Tensor, mask: Tensor, kind: str) -> Tensor:
 
 @torch.no_grad()
 def forecast_error(model, scaler: Scaler, fv: dict, window: int, device) -> float:
-    """MASE of the H-step recursive forecasts of ``fv`` (see TaskData.forecast_val)."""
+    """MASE of the recursive forecasts of ``fv`` (see TaskData.forecast_val): every
+    validation value as origin, up to H steps each (NaN targets past the part are skipped)."""
     from lstmkit.forecast import recursive
 
     model.eval()
     target = fv["target"].to(device)
     pred = recursive(model, scaler, fv["context"].to(device), target.size(1), window)
     model.train()
-    err = (pred - target).abs().mean().item() / fv["scale"]
+    err = (pred - target).abs().nanmean().item() / fv["scale"]
     return err if math.isfinite(err) else math.inf
 
 
@@ -327,6 +328,11 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
             torch.set_flush_denormal(False)
     vals = [r["val_loss"] for r in history]
     distributed.dump_for_test(ctx, model.state_dict(), best["model"], vals)  # a test-only hook
+    if fv is not None and ctx.is_main:  # prediction intervals from the best model's residuals
+        from lstmkit.forecast import calibrate, save_calibration
+
+        model.load_state_dict(best["model"])
+        save_calibration(work, calibrate(model.cpu(), scaler, fv, cfg.data.length))
     if work != out and ctx.is_main:  # overwrite: swap the finished run in, then drop the old one
         old = out.with_name(out.name + ".old")
         shutil.rmtree(old, ignore_errors=True)

@@ -310,13 +310,16 @@ def make(cfg, seed: int) -> TaskData:
     test_mask = torch.zeros(1, L + S - 1, dtype=torch.bool)
     test_mask[:, L - 1 :] = True
     test = Split(seq[None, :-1, None], seq[None, 1:, None], test_mask)
-    stride = max(1, (V - H + 1) // 4)
-    origins = list(range(v0, v0 + V - H + 1, stride))
+    # every validation value is an origin; each forecasts H steps, scored (and its residuals
+    # calibrating prediction intervals) only up to the end of the validation part
+    origins = range(v0, v0 + V)
     m = cfg.period if cfg.period < n_train else 1
     scale = (v[m:n_train] - v[: n_train - m]).abs().mean().item()
     forecast_val = {
         "context": torch.stack([v[o - L : o] for o in origins])[:, :, None],
-        "target": torch.stack([v[o : o + H] for o in origins]),
+        "target": torch.stack(
+            [torch.cat([v[o : v0 + V], torch.full((H,), math.nan)])[:H] for o in origins]
+        ),
         "scale": scale if scale > 0 else 1.0,
     }
     freq = series.freq
