@@ -48,6 +48,21 @@ def test_frequency_from_dates(step, name, season):
     assert (f.name, f.season, f.missing, f.irregular) == (name, season, 0, 0)
 
 
+def test_future_dates_are_written_like_the_column():
+    month_end = ts.parse_date("2000-01-31", "t")
+    assert ts.format_like(ts.add_steps(month_end, "monthly", 0, 1), "2000-01-31") == "2000-02-29"
+    assert ts.format_like(ts.add_steps(month_end, "monthly", 0, 13), "2000-01") == "2001-02"
+    q = ts.parse_date("1959Q4", "t")
+    assert ts.format_like(ts.add_steps(q, "quarterly", 0, 1), "1959Q4") == "1960Q1"
+    assert (
+        ts.format_like(ts.add_steps(ts.parse_date("1871", "t"), "yearly", 0, 2), "1871") == "1873"
+    )
+    hour = ts.parse_date("2020-03-01 23:00", "t")
+    assert ts.format_like(ts.add_steps(hour, "hourly", 3600, 2), "2020-03-01 23:00") == (
+        "2020-03-02 01:00:00"
+    )
+
+
 def test_missing_and_irregular_timestamps_are_counted():
     d = _dates(datetime(2000, 1, 1), 30, _next_month)
     f = ts.infer_frequency(d[:10] + d[13:])  # three months missing
@@ -260,7 +275,10 @@ def test_backtest_refit_trains_a_model_per_window(quarterly_run):
     from lstmkit.backtest import backtest
     from lstmkit.checkpoint import load_run
 
-    bt = backtest(load_run(quarterly_run), windows=2, step=4, refit=True, classical=False)
+    bt = backtest(
+        load_run(quarterly_run), windows=2, step=4, refit=True, levels=(90,), classical=False
+    )
+    assert 0.0 <= bt.coverage["90"] <= 1.0
     assert bt.in_sample == [False, False] and set(bt.windows) == {
         "LSTM",
         "naive",
@@ -285,6 +303,9 @@ def test_predict_levels_and_dated_forecast_file(quarterly_run, tmp_path, capsys)
     lines = out.read_text().splitlines()
     assert lines[0] == "date,forecast,lo_90,hi_90" and lines[1].startswith("2010-01-01,")
     assert len(lines) == 9 and lines[-1].startswith("2011-10-01,")
+    bad = str(tmp_path / "no" / "fc.csv")
+    assert main(["predict", "--run", str(quarterly_run), "--out", bad]) == 2
+    assert "does not exist" in capsys.readouterr().err
     assert main(["predict", "--run", str(quarterly_run), "--horizon", "2", "--level", "0"]) == 2
     assert "--level must be between 0 and 100" in capsys.readouterr().err
 

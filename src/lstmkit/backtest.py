@@ -188,7 +188,7 @@ def backtest(
     values = _series(run)
     n = len(values)
     origins = [n - H - (windows - 1 - k) * step for k in range(windows)]
-    need = max(L, p) + 1 + (2 * H if refit else 0)
+    need = max(L, p) + 1 + (H if refit else 0)  # a refit validates on the H before
     if origins[0] < need:
         raise DataError(
             f"{windows} windows of {H} steps, {step} apart, leave {origins[0]} values before "
@@ -199,29 +199,28 @@ def backtest(
     widths = {lv: [] for lv in levels}
     for o in origins:
         history, truth = values[:o], values[o : o + H]
-        model_run = _refit(run, cfg, o) if refit else run
-        preds = {"LSTM": np.asarray(forecast(model_run, history, H))}
+        with tempfile.TemporaryDirectory(prefix="lstmkit-backtest-") as tmp:
+            model_run = _refit(cfg, o, tmp) if refit else run
+            preds = {"LSTM": np.asarray(forecast(model_run, history, H))}
+            bands = {lv: intervals(model_run, preds["LSTM"], lv) for lv in levels}
         preds.update(naive_forecasts(history, H, p))
         if classical:
             preds.update(classical_forecasts(history, H, p))
         for name, pred in preds.items():
             bt.windows.setdefault(name, []).append(score(pred, truth, history, p))
-        for lv in levels:
-            lo, hi = intervals(model_run, preds["LSTM"], lv)
-            t = np.asarray(truth)
+        t = np.asarray(truth)
+        for lv, (lo, hi) in bands.items():
             widths[lv].append(((t >= lo) & (t <= hi)).mean())
     bt.coverage = {f"{lv:g}": float(np.mean(c)) for lv, c in widths.items()}
     return bt
 
 
-def _refit(run: Run, cfg, origin: int) -> Run:
-    """A model with ``run``'s resolved config trained on the values before ``origin`` (the
-    last H of them validate), in a temporary directory."""
+def _refit(cfg, origin: int, tmp: str) -> Run:
+    """A model with the run's resolved config ``cfg`` trained in ``tmp`` on the values before
+    ``origin`` (the last H of them validate)."""
     from lstmkit.train import train
 
     H = cfg.data.horizon
     data = dataclasses.replace(cfg.data, rows=origin + H, test_size=H)
-    new = dataclasses.replace(cfg, data=data)
-    with tempfile.TemporaryDirectory(prefix="lstmkit-backtest-") as tmp:
-        train(new, tmp + "/run", progress=False)
-        return load_run(tmp + "/run")
+    train(dataclasses.replace(cfg, data=data), tmp + "/run", progress=False)
+    return load_run(tmp + "/run")

@@ -158,6 +158,8 @@ def _forecast_out(run, pred: list[float], args, dates) -> int:
     else:  # no dates: steps after the context
         when = [str(k) for k in range(1, len(pred) + 1)]
     if args.out:
+        if not Path(args.out).parent.is_dir():
+            raise DataError(f"--out {args.out}: folder {Path(args.out).parent} does not exist")
         lines = ["date," + ",".join(cols)]
         lines += [
             ",".join([d] + [f"{c[i]:.6g}" for c in cols.values()]) for i, d in enumerate(when)

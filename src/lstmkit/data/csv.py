@@ -3,12 +3,16 @@
 ``--csv FILE --column NAME`` (optional ``--date-column``, checked to increase); without
 ``--csv`` the packaged airline passengers series (monthly, 1949–1960) is used. The split is
 in time order: the last ``test_size`` values are the test, the ``test_size`` before them the
-validation, the rest the training series.
+validation, the rest the training series (``test_size`` 0: all of it trains, and the last
+``horizon`` values validate in-sample). Period, window length, horizon and scaling left
+unset are learned from the data (:func:`infer`, :mod:`lstmkit.timeseries`); blank cells and
+missing timestamps are errors unless ``fill`` says how to fill them.
 
 - train: every window of ``length`` + 1 consecutive training values, x (N, L, 1),
   y (N, L, 1) shifted by one, all steps counted (``num_train`` does not apply);
 - val: one window per validation value, predicting it from the L values before it (only
-  the last step counted);
+  the last step counted), and ``forecast_val``: every validation value as the origin of an
+  H-step recursive forecast, scored up to the end of the part (what training selects on);
 - test: one sequence x (1, L + S - 1, 1), S = test_size, whose last S targets are the test
   values; :mod:`lstmkit.evaluate` forecasts them autoregressively from the first L values.
 
