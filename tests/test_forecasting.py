@@ -338,3 +338,40 @@ def test_plot_shades_the_intervals(quarterly_run):
     assert path.stat().st_size > 10_000
     (quarterly_run / "intervals.json").unlink()
     assert plot_forecast(run, quarterly_run / "g.png").stat().st_size > 10_000
+
+
+def test_max_time_stops_training_and_keeps_the_best(tmp_path, capsys):
+    path = _quarterly(tmp_path)
+    out = tmp_path / "t"
+    flags = ["--task", "csv", "--csv", path, "--date-column", "date", "--test-size", "8"]
+    args = ["train", "--out", str(out), "--epochs", "1000", "--max-time", "0.5", *TINY[2:], *flags]
+    assert main(args) == 0
+    assert "(stopped early)" in capsys.readouterr().out
+    rows = (out / "metrics.csv").read_text().splitlines()[1:]
+    assert 1 <= len(rows) < 1000
+
+
+@pytest.mark.slow
+def test_a_million_rows_train_under_a_gigabyte(tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    n = 1_000_000
+    t = np.arange(n)
+    v = 10 + 3 * np.sin(2 * np.pi * t / 24) + rng.normal(0, 0.3, n)
+    start = datetime(1900, 1, 1)
+    path = tmp_path / "long.csv"
+    with path.open("w") as f:
+        f.write("time,load\n")
+        for i in range(n):
+            f.write(f"{start + timedelta(hours=int(i))},{v[i]:.3f}\n")
+    cmd = [sys.executable, "-m", "lstmkit", "train", "--task", "csv", "--csv", str(path)]
+    cmd += ["--column", "load", "--date-column", "time", "--test-size", "48"]
+    cmd += ["--max-time", "10", "--out", str(tmp_path / "r")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "series: hourly" in done.stdout and "period 24" in done.stdout
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kb < 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"

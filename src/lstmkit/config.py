@@ -55,6 +55,7 @@ class TrainConfig:
     schedule: str = "cosine"  # constant | cosine
     clip: float = 1.0  # max gradient norm; 0 turns clipping off
     patience: int = 0  # epochs without validation improvement before stopping; 0 = never
+    max_time: float = 0.0  # seconds of training before stopping (mid-epoch); 0 = no limit
     checkpoint_every: float = 2.0  # seconds between checkpoints (at epoch ends); 0 = every epoch
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -91,6 +92,7 @@ POSITIVE = {
     ("train", "lr"),
 }
 NON_NEGATIVE = {
+    ("train", "max_time"),
     ("data", "test_size"),  # 0: train on all the data (a production forecast)
     ("data", "rows"),
     ("train", "weight_decay"),

@@ -194,7 +194,9 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
     device = distributed.train_device(ctx, pick_device(cfg.train.device))
     td = tasks.make(cfg.data, cfg.train.seed)
     scaler = make_scaler(cfg, td)
-    train_split, val_split = encode(td.train, scaler), encode(td.val, scaler)
+    # training windows are encoded a batch at a time (a long series' windows are views of
+    # one tensor; encoding them all at once would copy each value L times)
+    train_split, val_split = td.train, encode(td.val, scaler)
     facts = task_facts(td)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, facts).to(device)
@@ -263,20 +265,27 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
     )
     stopped_early = False
     started = time.perf_counter() - seconds
+
+    def out_of_time() -> bool:
+        limit = cfg.train.max_time
+        return limit > 0 and time.perf_counter() - started >= limit
+
     try:
         model.train()
         while epoch < cfg.train.epochs:
             g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
             order = torch.randperm(len(train_split), generator=g)
             order = distributed.shard(ctx, order)  # this rank's part; all of it when alone
-            running = 0.0
+            running, done = 0.0, 0
             for i in range(steps_per_epoch):
+                if ctx.world_size == 1 and out_of_time():  # --max-time: end the epoch here
+                    break
                 if ctx.world_size > 1:  # dropout masks differ between ranks, and resume alike
                     torch.manual_seed(distributed.step_seed(cfg.train.seed, step, ctx.rank))
                 idx = order[i * cfg.train.batch_size : (i + 1) * cfg.train.batch_size]
-                x, y, m = (
-                    t[idx].to(device) for t in (train_split.x, train_split.y, train_split.mask)
-                )
+                raw = (t[idx] for t in (train_split.x, train_split.y, train_split.mask))
+                batch = encode(tasks.Split(*raw), scaler)
+                x, y, m = batch.x.to(device), batch.y.to(device), batch.mask.to(device)
                 loss = masked_loss(net(x), y, m, td.kind)
                 if not torch.isfinite(loss):
                     raise TrainingError(
@@ -291,6 +300,7 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
                 sched.step()
                 step += 1
                 running += loss.item()
+                done += 1
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4g}")
             epoch += 1
@@ -300,7 +310,7 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
             row = {
                 "epoch": epoch,
                 "step": step,
-                "train_loss": running / steps_per_epoch,
+                "train_loss": running / max(done, 1),
                 "val_loss": val,
                 "lr": opt.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started,
@@ -314,6 +324,8 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
                 }
             patience = cfg.train.patience
             stopped_early = patience > 0 and epoch - best["epoch"] >= patience
+            # one decision for every rank (rank 0's clock)
+            stopped_early |= distributed.broadcast_value(ctx, float(out_of_time())) > 0
             # A checkpoint costs several fsyncs: on short epochs take one every few seconds.
             # Resume replays the epochs since the last one, so the result is the same.
             due = time.perf_counter() - last_saved >= cfg.train.checkpoint_every

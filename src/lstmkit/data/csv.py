@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import csv as _csv
 import hashlib
+import io
+import itertools
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -88,17 +90,22 @@ def load(
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"CSV file {name} is not UTF-8 text ({e})") from None
-    rows = [
-        (i, r) for i, r in enumerate(_csv.reader(text.splitlines()), 1) if any(c.strip() for c in r)
-    ]
-    if not rows:
+    # a generator: a long file's rows are read once, not held as lists of cells
+    rows = (
+        (i, r)
+        for i, r in enumerate(_csv.reader(io.StringIO(text, newline=None)), 1)
+        if any(c.strip() for c in r)
+    )
+    first = next(rows, None)
+    if first is None:
         raise DataError(f"CSV file {name} is empty: expected a header row and data rows")
-    header = [h.strip() for h in rows[0][1]]
-    body = rows[1:]
-    if not body:
+    header = [h.strip() for h in first[1]]
+    second = next(rows, None)
+    if second is None:
         raise DataError(f"CSV file {name} has a header ({', '.join(header)}) but no data rows")
+    body = itertools.chain([second], rows)
     if not column:
-        column = _pick_column(header, body, date_column, name)
+        column = _pick_column(header, [second], date_column, name)
     for want, flag in ((column, "--column"), (date_column, "--date-column")):
         if want and want not in header:
             raise DataError(
@@ -303,7 +310,7 @@ def make(cfg, seed: int) -> TaskData:
             f"{L + 1}, then {S} for validation and {S} for test)"
         )
     v = torch.tensor(values, dtype=torch.float32)
-    train = torch.stack([v[i : i + L + 1] for i in range(n_train - L)])
+    train = v[:n_train].unfold(0, L + 1, 1)  # (n_train - L, L + 1) views, no copies
     train = Split(train[:, :-1, None], train[:, 1:, None], all_steps(train[:, :-1, None]))
     v0 = n_train if S else n - V
     val = torch.stack([v[j - L : j + 1] for j in range(v0, v0 + V)])
