@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from lstmkit import __version__
 from lstmkit.config import SECTIONS, RunConfig, _field_type, from_dict, load_toml
@@ -91,12 +92,24 @@ def cmd_train(args) -> int:
     if env_rank() != 0:  # under torchrun, rank 0 reports for every rank
         return 0
     stop = " (stopped early)" if res.stopped_early else ""
+    _print_inferred(res.path)
     print(
         f"trained {cfg.data.task}: {res.epochs} epochs{stop}, train loss {res.train_loss:.3g}, "
         f"validation loss {res.val_loss:.3g} (best {res.best_val_loss:.3g}), "
         f"{res.seconds:.1f} s -> {res.path}"
     )
     return 0
+
+
+def _print_inferred(run_dir) -> None:
+    """What a csv run learned about its series (frequency, period, scaling), one line."""
+    from lstmkit.checkpoint import CONFIG
+    from lstmkit.data.csv import describe
+
+    meta = json.loads((run_dir / CONFIG).read_text())["task"].get("meta", {})
+    line = describe(meta) if isinstance(meta, dict) else ""
+    if line:
+        print(line)
 
 
 def cmd_predict(args) -> int:
@@ -112,10 +125,15 @@ def cmd_predict(args) -> int:
     else:
         run = load_run(args.run)
     values = _numbers(args.values)
-    if args.csv is not None:
-        values = _csv_context(run, args.csv, values)
+    dates = None
+    if args.csv is not None or (not values and run.config.data.task == "csv"):
+        values, dates = _csv_context(run, args.csv or run.config.data.csv, values)
+    if (args.level or args.out) and args.horizon is None:
+        args.horizon = run.config.data.horizon or 1  # intervals and --out are for forecasts
     if args.horizon is not None:
         pred = forecast(run, values, args.horizon)
+        if args.level or args.out:
+            return _forecast_out(run, pred, args, dates)
     else:
         pred = predict_steps(run, values)
     # None: no prediction at that step (seasonal scaling, first period): null / "-"
@@ -152,6 +170,45 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _forecast_out(run, pred: list[float], args, dates) -> int:
+    """Forecasts with their intervals (--level), printed and/or written (--out) as dated
+    rows: date, forecast[, lo_L, hi_L ...]."""
+    from lstmkit import timeseries as ts
+    from lstmkit.checkpoint import atomic_write
+    from lstmkit.forecast import intervals
+
+    cols = {"forecast": pred}
+    for lv in args.level or []:
+        lo, hi = intervals(run, pred, lv)
+        cols[f"lo_{lv:g}"], cols[f"hi_{lv:g}"] = lo.tolist(), hi.tolist()
+    meta = run.task.get("meta", {})
+    step_s, freq = meta.get("step_s"), meta.get("inferred", {}).get("frequency")
+    if dates and step_s:
+        last = ts.parse_date(dates[-1], "the context's last date")
+        when = [
+            ts.format_like(ts.add_steps(last, freq, step_s, k), dates[-1])
+            for k in range(1, len(pred) + 1)
+        ]
+    else:  # no dates: steps after the context
+        when = [str(k) for k in range(1, len(pred) + 1)]
+    if args.out:
+        if not Path(args.out).parent.is_dir():
+            raise DataError(f"--out {args.out}: folder {Path(args.out).parent} does not exist")
+        lines = ["date," + ",".join(cols)]
+        lines += [
+            ",".join([d] + [f"{c[i]:.6g}" for c in cols.values()]) for i, d in enumerate(when)
+        ]
+        atomic_write(Path(args.out), ("\n".join(lines) + "\n").encode())
+    if args.json:
+        print(json.dumps({"date": when, **cols}))
+    elif not args.out:
+        for i, d in enumerate(when):
+            print(d, " ".join(f"{c[i]:.2f}" for c in cols.values()))
+    else:
+        print(f"{len(pred)} forecasts -> {args.out}")
+    return 0
+
+
 def cmd_plot(args) -> int:
     from lstmkit.plots import plot_run
 
@@ -169,15 +226,27 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def _csv_context(run, path: str, values: list[float]) -> list[float]:
-    """The run's column of CSV file ``path``, as the context to predict from."""
-    from lstmkit.data.csv import read_series
+def _csv_context(run, path: str, values: list[float]):
+    """(values, dates) of the run's column of CSV file ``path``: the context to predict from;
+    dates [] when the run has no date column."""
+    from lstmkit.data.csv import read
 
     if run.config.data.task != "csv":
         raise DataError(f"--csv takes a run of the csv task, got one of {run.config.data.task!r}")
     if values:
         raise DataError("give the context either as values or as --csv FILE, not both")
-    return read_series(path, run.task["meta"]["column"])
+    meta = run.task["meta"]
+    s = read(path, meta["column"], meta.get("date_column", ""), run.config.data.fill)
+    return s.values, s.dates
+
+
+def cmd_backtest(args) -> int:
+    from lstmkit.backtest import backtest
+    from lstmkit.checkpoint import load_run
+
+    bt = backtest(load_run(args.run), args.windows, args.step, args.refit, tuple(args.level or ()))
+    print(json.dumps(bt.to_dict(), indent=2) if args.json else bt.table())
+    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -227,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--stream", action="store_true", help="read values from stdin, one per line; print each"
     )
+
+    pr.add_argument("--level", type=float, nargs="+", help="prediction intervals, e.g. 80 95")
+    pr.add_argument("--out", metavar="FILE.csv", help="write dated rows: date, forecast[, lo, hi]")
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="write a run's model for inference outside lstmkit")
@@ -235,6 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", metavar="FILE", help="file to write (default RUN/model.onnx)")
     ex.add_argument("--lengths", action="store_true", help="add a lengths (B,) input")
     ex.set_defaults(func=cmd_export)
+
+    bt = sub.add_parser("backtest", help="rolling-origin evaluation beside baselines (csv runs)")
+    bt.add_argument("--run", default="runs/csv", help="run directory (default runs/csv)")
+    bt.add_argument("--windows", type=int, default=3, help="forecast windows (default 3)")
+    bt.add_argument("--step", type=int, help="steps between origins (default the horizon)")
+    bt.add_argument("--refit", action="store_true", help="train a model for every window")
+    bt.add_argument("--level", type=float, nargs="+", help="report interval coverage, e.g. 80 95")
+    bt.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bt.set_defaults(func=cmd_backtest)
 
     ev = sub.add_parser("evaluate", help="score a run's test split beside naive baselines")
     ev.add_argument("--run", default="runs/counting", help="run directory (default runs/counting)")

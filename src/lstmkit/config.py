@@ -31,12 +31,17 @@ class DataConfig:
     num_test: int | None = None
     low: int = 0  # counting: first values drawn from low..high
     high: int = 9
-    scaling: str = "auto"  # auto (the task's choice) | none | standard | offset | diff | seasonal
+    # auto (the task's choice) | none | standard | offset | diff | drift | seasonal
+    scaling: str = "auto"
     period: int | None = None  # seasonal period (seasonal scaler, seasonal-naive baseline)
     csv: str = ""  # csv task: the file; "" = the packaged airline series
     column: str = ""  # csv task: the value column; "" = the file's only numeric column
     date_column: str = ""  # csv task: optional column of dates, checked to be increasing
     test_size: int | None = None  # csv task: final steps held out as test (and as validation)
+    horizon: int | None = None  # csv task: steps forecast for validation; None: the test size
+    fill: str = "none"  # csv task, blank cells and missing timestamps: none (an error) | ffill |
+    # interpolate | drop
+    rows: int = 0  # csv task: use only the first N values (0: all); backtest --refit sets it
     text: str = ""  # text task: a UTF-8 text file
 
 
@@ -50,6 +55,7 @@ class TrainConfig:
     schedule: str = "cosine"  # constant | cosine
     clip: float = 1.0  # max gradient norm; 0 turns clipping off
     patience: int = 0  # epochs without validation improvement before stopping; 0 = never
+    max_time: float = 0.0  # seconds of training before stopping (mid-epoch); 0 = no limit
     checkpoint_every: float = 2.0  # seconds between checkpoints (at epoch ends); 0 = every epoch
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -65,7 +71,8 @@ class RunConfig:
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 CHOICES = {
     ("model", "backend"): None,  # checked by lstmkit.backends at model build
-    ("data", "scaling"): ("auto", "none", "standard", "offset", "diff", "seasonal"),
+    ("data", "scaling"): ("auto", "none", "standard", "offset", "diff", "drift", "seasonal"),
+    ("data", "fill"): ("none", "ffill", "interpolate", "drop"),
     ("train", "optimizer"): ("adam", "adamw"),
     ("train", "schedule"): ("constant", "cosine"),
     ("train", "device"): ("auto", "cpu", "cuda"),
@@ -79,12 +86,15 @@ POSITIVE = {
     ("data", "num_val"),
     ("data", "num_test"),
     ("data", "period"),
-    ("data", "test_size"),
+    ("data", "horizon"),
     ("train", "epochs"),
     ("train", "batch_size"),
     ("train", "lr"),
 }
 NON_NEGATIVE = {
+    ("train", "max_time"),
+    ("data", "test_size"),  # 0: train on all the data (a production forecast)
+    ("data", "rows"),
     ("train", "weight_decay"),
     ("train", "clip"),
     ("train", "patience"),
@@ -99,6 +109,7 @@ TASK_DEFAULT = {
     ("data", "num_test"),
     ("data", "period"),
     ("data", "test_size"),
+    ("data", "horizon"),
     ("train", "epochs"),
     ("train", "batch_size"),
     ("train", "lr"),

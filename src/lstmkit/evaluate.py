@@ -79,7 +79,7 @@ def _default_score(td: tasks.TaskData):
 
 def evaluate(run: Run) -> Report:
     """Score ``run`` and its task's baselines on the test split; see the module docstring."""
-    cfg = run.config
+    cfg = tasks.resolve(run.config)  # a saved config is resolved; older runs may lack fields
     module = tasks.module(cfg.data.task)
     td = tasks.make(cfg.data, cfg.train.seed)
     check = getattr(module, "check_meta", None)

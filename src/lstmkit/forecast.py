@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import torch
 
-from lstmkit.checkpoint import Run
+from lstmkit.checkpoint import Run, write_json
 from lstmkit.errors import DataError
+
+INTERVALS = "intervals.json"
 
 
 def _context(run: Run, values) -> torch.Tensor:
@@ -62,10 +66,53 @@ def forecast(run: Run, values, horizon: int) -> list[float]:
         raise DataError(f"horizon must be an integer >= 1, got {horizon!r}")
     x = _context(run, values)
     _need_defined(run, x.size(1), "forecast")
-    window = run.config.data.length
+    return recursive(run.model, run.scaler, x, horizon, run.config.data.length)[0].tolist()
+
+
+@torch.no_grad()
+def recursive(model, scaler, x: torch.Tensor, horizon: int, window: int) -> torch.Tensor:
+    """(N, horizon) forecasts after each context x (N, T, 1), each prediction fed back;
+    every step reads the last ``window`` values (the window the model was trained on)."""
     for _ in range(horizon):
         ctx = x[:, -window:]
-        xs, _ = run.scaler.encode(ctx)
-        nxt = run.scaler.decode(run.model(xs)[:, -1:], ctx)
+        xs, _ = scaler.encode(ctx)
+        nxt = scaler.decode(model(xs)[:, -1:], ctx)
         x = torch.cat([x, nxt], dim=1)
-    return x[0, -horizon:, 0].tolist()
+    return x[:, -horizon:, 0]
+
+
+@torch.no_grad()
+def calibrate(model, scaler, fv: dict, window: int) -> dict:
+    """Residuals of the model's recursive forecasts from every validation origin, each
+    divided by sqrt(h) (h: steps ahead), sorted: what :func:`intervals` widens by."""
+    target = fv["target"]
+    pred = recursive(model, scaler, fv["context"], target.size(1), window)
+    h = torch.arange(1, target.size(1) + 1, dtype=torch.float64).sqrt()
+    z = ((pred.double() - target.double()).abs() / h)[torch.isfinite(target)]
+    return {
+        "method": "absolute H-step validation residuals / sqrt(h), pooled over h",
+        "scaled_residuals": sorted(round(float(v), 6) for v in z if math.isfinite(v)),
+    }
+
+
+def save_calibration(path, calibration: dict) -> None:
+    write_json(path / INTERVALS, calibration)
+
+
+def intervals(run: Run, fc, level: float):
+    """(lo, hi) arrays around forecasts ``fc`` (H,) at ``level`` percent: the conformal
+    quantile of the run's scaled validation residuals, times sqrt(h)."""
+    if not 0 < level < 100:
+        raise DataError(f"--level must be between 0 and 100 (percent), got {level:g}")
+    p = run.path / INTERVALS
+    if not p.is_file():
+        raise DataError(
+            f"run {run.path} has no {INTERVALS} (trained before intervals, or not a csv run)"
+        )
+    z = np.asarray(json.loads(p.read_text())["scaled_residuals"], dtype=np.float64)
+    if not len(z):
+        raise DataError(f"{p} holds no residuals to calibrate intervals with")
+    k = min(len(z) - 1, math.ceil((len(z) + 1) * level / 100) - 1)  # split-conformal rank
+    half = z[k] * np.sqrt(np.arange(1, len(fc) + 1))
+    f = np.asarray(fc, dtype=np.float64)
+    return f - half, f + half

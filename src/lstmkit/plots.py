@@ -102,8 +102,8 @@ def plot_forecast(run: Run, out: str | Path | None = None) -> Path | None:
     """Truth, the model's predictions and the naive baselines on the first test sequence, to
     ``out`` (default DIR/forecast.png); the steps evaluate scores are shaded when not all
     are. None for tasks that are not series."""
-    if not is_series(run):
-        return None
+    if not is_series(run) or run.task.get("meta", {}).get("test_size") == 0:
+        return None  # nothing held out (csv --test-size 0): no test forecast to draw
     out = Path(out) if out else run.path / FORECAST_PNG
     truth, scored, preds = forecasts_on_test(run)
     T = scored.numel()
@@ -126,6 +126,7 @@ def plot_forecast(run: Run, out: str | Path | None = None) -> Path | None:
         t = torch.nonzero(keep).view(-1)
         mse = float(((v[t] - truth[t + 1]) ** 2).mean()) if t.numel() else math.nan
         ax.plot((t + 1).tolist(), v[t].tolist(), label=f"{name} (MSE {mse:.3g})", **style)
+    _shade_intervals(ax, run, scored, preds["model"])
     ax.set_xlabel("step")
     ax.set_ylabel("value")
     ax.set_title(f"{run.config.data.task}: predictions on the first test sequence")
@@ -133,6 +134,21 @@ def plot_forecast(run: Run, out: str | Path | None = None) -> Path | None:
     ax.legend()
     fig.savefig(out)
     return out
+
+
+def _shade_intervals(ax, run: Run, scored, model_pred) -> None:
+    """The run's calibrated 80% and 95% intervals around its test forecast (csv runs)."""
+    from lstmkit.forecast import INTERVALS, intervals
+
+    if not (run.path / INTERVALS).is_file():
+        return
+    t = torch.nonzero(scored).view(-1)
+    fc = model_pred[t].tolist()
+    for level, alpha in ((95, 0.12), (80, 0.22)):
+        lo, hi = intervals(run, fc, level)
+        ax.fill_between(
+            (t + 1).tolist(), lo, hi, color="tab:blue", alpha=alpha, label=f"{level}% interval"
+        )
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:

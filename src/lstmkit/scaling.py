@@ -46,15 +46,16 @@ class Scaler:
         self.kind, self.center, self.scale = kind, float(center), float(scale)
         self.period, self.log = period, bool(log)
 
-    def fit(self, x: Tensor) -> Scaler:
-        """Fit on the training inputs x (N, T, 1)."""
+    def fit(self, x: Tensor, allow_log: bool = True) -> Scaler:
+        """Fit on the training inputs x (N, T, 1); ``allow_log=False`` keeps a seasonal
+        scaler additive (the ``drift`` scaling: a constant mean step)."""
         if self.kind == "seasonal":
             if x.size(1) <= self.period:
                 raise ConfigError(
                     f"seasonal scaling needs windows longer than the period: data.length must "
                     f"be > {self.period}, got {x.size(1)}"
                 )
-            self.log = bool((x > 0).all())
+            self.log = allow_log and bool((x > 0).all())
             z = self._seasonal(self._level(x))
             self.center, self.scale = z.mean().item(), z.std().item()
         elif self.kind == "standard":

@@ -73,6 +73,8 @@ def make_scaler(cfg: RunConfig, td: tasks.TaskData) -> Scaler:
             f"data.scaling {kind!r} applies to univariate series; task {cfg.data.task!r} "
             "takes only 'none' or 'auto'"
         )
+    if kind == "drift":  # steps centred on the mean step: additive differences of lag 1
+        return Scaler("seasonal", period=1).fit(td.train.x, allow_log=False)
     return Scaler(kind, period=cfg.data.period).fit(td.train.x)
 
 
@@ -86,6 +88,20 @@ def masked_loss(pred: Tensor, y: Tensor, mask: Tensor, kind: str) -> Tensor:
     if kind == "classification":
         return torch.nn.functional.cross_entropy(pred[mask], y[mask])
     return torch.nn.functional.mse_loss(pred[mask], y[mask])
+
+
+@torch.no_grad()
+def forecast_error(model, scaler: Scaler, fv: dict, window: int, device) -> float:
+    """MASE of the recursive forecasts of ``fv`` (see TaskData.forecast_val): every
+    validation value as origin, up to H steps each (NaN targets past the part are skipped)."""
+    from lstmkit.forecast import recursive
+
+    model.eval()
+    target = fv["target"].to(device)
+    pred = recursive(model, scaler, fv["context"].to(device), target.size(1), window)
+    model.train()
+    err = (pred - target).abs().nanmean().item() / fv["scale"]
+    return err if math.isfinite(err) else math.inf
 
 
 @torch.no_grad()
@@ -178,10 +194,22 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
     device = distributed.train_device(ctx, pick_device(cfg.train.device))
     td = tasks.make(cfg.data, cfg.train.seed)
     scaler = make_scaler(cfg, td)
-    train_split, val_split = encode(td.train, scaler), encode(td.val, scaler)
+    # training windows are encoded a batch at a time (a long series' windows are views of
+    # one tensor; encoding them all at once would copy each value L times)
+    train_split, val_split = td.train, encode(td.val, scaler)
     facts = task_facts(td)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, facts).to(device)
+    fv = td.forecast_val
+    if fv is not None:  # start from the scaling's reference forecast (a zero correction)
+        torch.nn.init.zeros_(model.head.weight)
+        torch.nn.init.zeros_(model.head.bias)
+
+    def validate_now() -> float:
+        if fv is not None:
+            return forecast_error(model, scaler, fv, cfg.data.length, device)
+        return evaluate_loss(model, val_split, td.kind, device)
+
     opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
     # fused: one kernel for all parameters instead of ~6 small ops each (a sixth of a small
     # model's step time on the CPU); torch has it for CPU and CUDA float parameters.
@@ -215,6 +243,8 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
         )
     if best["model"] is None:
         best["model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if fv is not None:  # the reference forecast is a candidate too (epoch 0)
+            best["val"], best["epoch"] = validate_now(), 0
     if not resume and ctx.is_main:  # config, scaler, and a checkpoint at step 0 to resume from
         save_run(work, cfg, facts, best["model"], scaler)
         _checkpoint(work, model, opt, sched, 0, 0, [], best, 0.0)
@@ -235,20 +265,27 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
     )
     stopped_early = False
     started = time.perf_counter() - seconds
+
+    def out_of_time() -> bool:
+        limit = cfg.train.max_time
+        return limit > 0 and time.perf_counter() - started >= limit
+
     try:
         model.train()
         while epoch < cfg.train.epochs:
             g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
             order = torch.randperm(len(train_split), generator=g)
             order = distributed.shard(ctx, order)  # this rank's part; all of it when alone
-            running = 0.0
+            running, done = 0.0, 0
             for i in range(steps_per_epoch):
+                if ctx.world_size == 1 and out_of_time():  # --max-time: end the epoch here
+                    break
                 if ctx.world_size > 1:  # dropout masks differ between ranks, and resume alike
                     torch.manual_seed(distributed.step_seed(cfg.train.seed, step, ctx.rank))
                 idx = order[i * cfg.train.batch_size : (i + 1) * cfg.train.batch_size]
-                x, y, m = (
-                    t[idx].to(device) for t in (train_split.x, train_split.y, train_split.mask)
-                )
+                raw = (t[idx] for t in (train_split.x, train_split.y, train_split.mask))
+                batch = encode(tasks.Split(*raw), scaler)
+                x, y, m = batch.x.to(device), batch.y.to(device), batch.mask.to(device)
                 loss = masked_loss(net(x), y, m, td.kind)
                 if not torch.isfinite(loss):
                     raise TrainingError(
@@ -263,16 +300,17 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
                 sched.step()
                 step += 1
                 running += loss.item()
+                done += 1
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4g}")
             epoch += 1
             running = distributed.mean_value(ctx, running)  # over ranks
-            val = evaluate_loss(model, val_split, td.kind, device)
+            val = validate_now()
             val = distributed.broadcast_value(ctx, val)  # one decision on every rank
             row = {
                 "epoch": epoch,
                 "step": step,
-                "train_loss": running / steps_per_epoch,
+                "train_loss": running / max(done, 1),
                 "val_loss": val,
                 "lr": opt.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started,
@@ -286,6 +324,8 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
                 }
             patience = cfg.train.patience
             stopped_early = patience > 0 and epoch - best["epoch"] >= patience
+            # one decision for every rank (rank 0's clock)
+            stopped_early |= distributed.broadcast_value(ctx, float(out_of_time())) > 0
             # A checkpoint costs several fsyncs: on short epochs take one every few seconds.
             # Resume replays the epochs since the last one, so the result is the same.
             due = time.perf_counter() - last_saved >= cfg.train.checkpoint_every
@@ -300,6 +340,11 @@ def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Resu
             torch.set_flush_denormal(False)
     vals = [r["val_loss"] for r in history]
     distributed.dump_for_test(ctx, model.state_dict(), best["model"], vals)  # a test-only hook
+    if fv is not None and ctx.is_main:  # prediction intervals from the best model's residuals
+        from lstmkit.forecast import calibrate, save_calibration
+
+        model.load_state_dict(best["model"])
+        save_calibration(work, calibrate(model.cpu(), scaler, fv, cfg.data.length))
     if work != out and ctx.is_main:  # overwrite: swap the finished run in, then drop the old one
         old = out.with_name(out.name + ".old")
         shutil.rmtree(old, ignore_errors=True)

@@ -8,6 +8,8 @@ A module may also define (each optional; :mod:`lstmkit.evaluate` falls back by `
 
 - ``DEFAULTS``: ``{"section.field": value}`` for the config fields left at None, over
   :data:`DEFAULTS` here (see :func:`resolve`);
+- ``infer(cfg: RunConfig)``: set fields left at None (or "auto") from the data, before the
+  defaults apply (the csv task learns period, window length, horizon and scaling);
 - ``score(pred, y, mask) -> dict[str, float]``: its metrics (default :mod:`lstmkit.metrics`);
 - ``baselines(td, cfg) -> dict[str, Tensor]``: naive predictions for ``td.test``, shaped like
   the model's output (values in data units, or logits);
@@ -51,6 +53,10 @@ class TaskData:
     tokens: bool = False  # x holds token ids (an embedding goes in front of the LSTM)
     series_scaling: bool = True  # a univariate series the offset/standard scalers apply to
     default_scaling: str = "standard"
+    # Multi-step validation (csv): context (N, L, 1), target (N, H) and the MASE scale; when
+    # set, validation scores H-step recursive forecasts and the head starts at zero (the
+    # untrained model makes the scaling's reference forecast, see lstmkit.timeseries).
+    forecast_val: dict | None = None
     meta: dict = field(default_factory=dict)  # what predict/evaluate need (saved with the run)
 
 
@@ -66,6 +72,7 @@ DEFAULTS = {
     "data.num_test": 128,
     "data.period": 1,
     "data.test_size": 24,
+    "data.horizon": 1,
     "train.epochs": 60,
     "train.batch_size": 32,
     "train.lr": 0.01,
@@ -83,6 +90,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
     """A copy of ``cfg`` with every None field set to its task's default (validated).
     A run saves this resolved config, so what it trained with is on record."""
     out = RunConfig(**{s: dataclasses.replace(getattr(cfg, s)) for s in SECTIONS})
+    infer = getattr(module(cfg.data.task), "infer", None)
+    if infer is not None:
+        infer(validate(out))
     defaults = {**DEFAULTS, **getattr(module(cfg.data.task), "DEFAULTS", {})}
     for key, value in defaults.items():
         section, name = key.split(".")

@@ -3,12 +3,16 @@
 ``--csv FILE --column NAME`` (optional ``--date-column``, checked to increase); without
 ``--csv`` the packaged airline passengers series (monthly, 1949–1960) is used. The split is
 in time order: the last ``test_size`` values are the test, the ``test_size`` before them the
-validation, the rest the training series.
+validation, the rest the training series (``test_size`` 0: all of it trains, and the last
+``horizon`` values validate in-sample). Period, window length, horizon and scaling left
+unset are learned from the data (:func:`infer`, :mod:`lstmkit.timeseries`); blank cells and
+missing timestamps are errors unless ``fill`` says how to fill them.
 
 - train: every window of ``length`` + 1 consecutive training values, x (N, L, 1),
   y (N, L, 1) shifted by one, all steps counted (``num_train`` does not apply);
 - val: one window per validation value, predicting it from the L values before it (only
-  the last step counted);
+  the last step counted), and ``forecast_val``: every validation value as the origin of an
+  H-step recursive forecast, scored up to the end of the part (what training selects on);
 - test: one sequence x (1, L + S - 1, 1), S = test_size, whose last S targets are the test
   values; :mod:`lstmkit.evaluate` forecasts them autoregressively from the first L values.
 
@@ -20,21 +24,22 @@ from __future__ import annotations
 
 import csv as _csv
 import hashlib
+import io
+import itertools
 import math
-from datetime import datetime
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
 
+from lstmkit import timeseries as ts
 from lstmkit.data import Split, TaskData, all_steps
 from lstmkit.errors import ConfigError, DataError
 
 BUILTIN = "airline_passengers.csv"
 BUILTIN_DATES = "month"
-DEFAULTS = {
-    "data.length": 24,
-    "data.period": 12,
+DEFAULTS = {  # period, length, horizon and scaling are learned from the data (infer)
     "data.test_size": 24,
     "model.hidden_size": 32,
     "train.epochs": 60,
@@ -55,35 +60,52 @@ def _source(path: str) -> tuple[bytes, str]:
     return p.read_bytes(), str(p)
 
 
-def _date(raw: str, where: str) -> datetime:
-    text = raw.strip()
-    for candidate in (text, text + "-01"):  # "1949-01" is a month
-        try:
-            return datetime.fromisoformat(candidate)
-        except ValueError:
-            pass
-    raise DataError(f"{where}: expected an ISO date such as 1949-01 or 1949-01-31, got {raw!r}")
+@dataclass
+class Series:
+    """A parsed column: values (finite floats, gaps filled), their dates as written ([]
+    without a date column; filled timestamps written like the others), the frequency
+    (None without dates) and what was filled, in words."""
+
+    values: list[float]
+    dates: list[str]
+    column: str
+    freq: ts.Frequency | None = None
+    notes: str = ""
 
 
-def parse(raw: bytes, name: str, column: str = "", date_column: str = ""):
-    """(values, dates, column) of CSV text ``raw``: values a list of finite floats, dates a
-    list of strings ([] without ``date_column``). Every way a file can be unusable raises
-    DataError naming the expected and the actual."""
+def parse(raw: bytes, name: str, column: str = "", date_column: str = "", fill: str = "none"):
+    """(values, dates, column) of CSV text ``raw``; see :func:`load`."""
+    s = load(raw, name, column, date_column, fill)
+    return s.values, s.dates, s.column
+
+
+def load(
+    raw: bytes, name: str, column: str = "", date_column: str = "", fill: str = "none"
+) -> Series:
+    """The series in column ``column`` of CSV text ``raw``. A blank or NA cell, or a
+    timestamp missing between two dates, is a DataError naming the line unless ``fill`` is
+    ffill, interpolate (missing timestamps are inserted) or drop. Every way a file can be
+    unusable raises DataError naming the expected and the actual."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"CSV file {name} is not UTF-8 text ({e})") from None
-    rows = [
-        (i, r) for i, r in enumerate(_csv.reader(text.splitlines()), 1) if any(c.strip() for c in r)
-    ]
-    if not rows:
+    # a generator: a long file's rows are read once, not held as lists of cells
+    rows = (
+        (i, r)
+        for i, r in enumerate(_csv.reader(io.StringIO(text, newline=None)), 1)
+        if any(c.strip() for c in r)
+    )
+    first = next(rows, None)
+    if first is None:
         raise DataError(f"CSV file {name} is empty: expected a header row and data rows")
-    header = [h.strip() for h in rows[0][1]]
-    body = rows[1:]
-    if not body:
+    header = [h.strip() for h in first[1]]
+    second = next(rows, None)
+    if second is None:
         raise DataError(f"CSV file {name} has a header ({', '.join(header)}) but no data rows")
+    body = itertools.chain([second], rows)
     if not column:
-        column = _pick_column(header, body, date_column, name)
+        column = _pick_column(header, [second], date_column, name)
     for want, flag in ((column, "--column"), (date_column, "--date-column")):
         if want and want not in header:
             raise DataError(
@@ -91,22 +113,69 @@ def parse(raw: bytes, name: str, column: str = "", date_column: str = ""):
                 f"{', '.join(repr(h) for h in header)}"
             )
     col = header.index(column)
-    values, dates = [], []
+    dcol = header.index(date_column) if date_column else -1
+    values: list[float | None] = []
+    lines, raw_dates = [], []
     for line, row in body:
         cell = row[col].strip() if col < len(row) else ""
         where = f"CSV file {name}, line {line}, column {column!r}"
-        try:
-            v = float(cell)
-        except ValueError:
-            raise DataError(f"{where}: expected a number, got {cell!r}") from None
-        if not math.isfinite(v):
-            raise DataError(f"{where}: expected a finite number, got {cell!r}")
-        values.append(v)
+        if cell.lower() in ts.MISSING:
+            if fill == "none":
+                raise DataError(f"{where}: missing value {cell!r}; {FILL_HINT}")
+            values.append(None)
+        else:
+            try:
+                v = float(cell)
+            except ValueError:
+                raise DataError(f"{where}: expected a number, got {cell!r}") from None
+            if not math.isfinite(v):
+                raise DataError(f"{where}: expected a finite number, got {cell!r}")
+            values.append(v)
+        lines.append(line)
         if date_column:
-            d = row[header.index(date_column)] if header.index(date_column) < len(row) else ""
-            dates.append((line, d))
-    _check_dates(dates, name, date_column)
-    return values, [d for _, d in dates], column
+            raw_dates.append(row[dcol] if dcol < len(row) else "")
+    freq, notes = None, []
+    if date_column:
+        parsed = _check_dates(lines, raw_dates, name, date_column)
+        freq = ts.infer_frequency(parsed)
+        values, raw_dates = _fill_timestamps(values, parsed, raw_dates, lines, freq, name, fill)
+    n_missing = sum(v is None for v in values)
+    if n_missing:
+        filled, kept = ts.fill_missing(values, fill)
+        notes.append(f"{n_missing} missing value(s) {'dropped' if fill == 'drop' else fill}")
+        if len(kept) < len(values) and fill != "drop":
+            notes.append(f"{kept[0]} leading missing value(s) dropped")
+        values = filled
+        raw_dates = [raw_dates[i] for i in kept] if raw_dates else []
+    if not values:
+        raise DataError(f"CSV file {name}: column {column!r} holds no values")
+    return Series(values, raw_dates, column, freq, "; ".join(notes))
+
+
+FILL_HINT = "pass --fill ffill, interpolate or drop"
+
+
+def _fill_timestamps(values, parsed, raw_dates, lines, freq, name, fill):
+    """Values and dates with a None row inserted for every missing timestamp (ffill and
+    interpolate); a DataError naming the line without --fill; as they are under drop."""
+    if not freq.missing or fill == "drop":
+        return values, raw_dates
+    out_v, out_d = [values[0]], [raw_dates[0]]
+    for i in range(1, len(values)):
+        k = freq.steps_between(parsed[i - 1], parsed[i])
+        gap = round(k) - 1 if k >= 0 and abs(k - round(k)) <= 0.05 else 0
+        if gap > 0 and fill == "none":
+            raise DataError(
+                f"CSV file {name}, line {lines[i]}: {gap} {freq.name} timestamp(s) missing "
+                f"before {raw_dates[i]!r}; {FILL_HINT}"
+            )
+        for j in range(1, gap + 1):
+            d = ts.add_steps(parsed[i - 1], freq.name, freq.step_s, j)
+            out_v.append(None)
+            out_d.append(ts.format_like(d, raw_dates[i]))
+        out_v.append(values[i])
+        out_d.append(raw_dates[i])
+    return out_v, out_d
 
 
 def _pick_column(header, body, date_column, name) -> str:
@@ -129,47 +198,142 @@ def _is_number(row: list[str], i: int) -> bool:
     return True
 
 
-def _check_dates(dates, name, date_column) -> None:
-    prev = None
-    for line, raw in dates:
-        d = _date(raw, f"CSV file {name}, line {line}, column {date_column!r}")
-        if prev is not None and d <= prev[0]:
+def _check_dates(lines, raw_dates, name, date_column) -> list:
+    out = []
+    for line, raw in zip(lines, raw_dates, strict=True):
+        d = ts.parse_date(raw, f"CSV file {name}, line {line}, column {date_column!r}")
+        if out and d <= out[-1]:
             raise DataError(
-                f"CSV file {name}, line {line}: dates must increase, got {raw!r} after {prev[1]!r}"
+                f"CSV file {name}, line {line}: dates must increase, got {raw!r} after "
+                f"{raw_dates[len(out) - 1]!r}"
             )
-        prev = (d, raw)
+        out.append(d)
+    return out
 
 
-def read_series(path: str, column: str = "", date_column: str = "") -> list[float]:
+def read_series(path: str, column: str = "", date_column: str = "", fill: str = "none"):
     """The values of ``column`` in CSV file ``path`` ("" = the packaged airline series)."""
+    return read(path, column, date_column, fill).values
+
+
+def read(path: str, column: str = "", date_column: str = "", fill: str = "none") -> Series:
+    """The :class:`Series` of ``column`` in CSV file ``path`` ("" = the packaged series)."""
     raw, name = _source(path)
-    return parse(raw, name, column, date_column)[0]
+    return load(raw, name, column, date_column, fill)
+
+
+def _date_column(cfg) -> str:
+    return cfg.date_column or ("" if cfg.csv else BUILTIN_DATES)
+
+
+def _fit_part(n: int, test_size: int) -> int:
+    """Values before the validation part: what data-driven choices may look at."""
+    return n - 2 * test_size if test_size else n
+
+
+def infer(cfg) -> None:
+    """Fill data.period, data.length, data.horizon and data.scaling (when None or "auto")
+    from the series: the frequency's season checked against the autocorrelation, windows
+    of two seasons (at least 24 values), the test size as horizon, and the scaling whose
+    reference forecast does best on the training part (:mod:`lstmkit.timeseries`)."""
+    d = cfg.data
+    if None not in (d.period, d.length, d.horizon) and d.scaling != "auto":
+        return
+    s = read(d.csv, d.column, _date_column(d), d.fill)
+    values = s.values[: d.rows] if d.rows else s.values
+    S = DEFAULTS["data.test_size"] if d.test_size is None else d.test_size
+    fit = values[: max(_fit_part(len(values), S), 2)]
+    if d.period is None:
+        d.period = ts.choose_period(fit, s.freq)[0]
+    p = d.period
+    if d.horizon is None:
+        d.horizon = S if S else (p if p > 1 else 8)
+    if d.length is None:
+        d.length = max(min(max(24, 2 * p), len(fit) // 2), p + 2)
+    if d.scaling == "auto":
+        d.scaling = ts.choose_scaling(fit, p, d.horizon, d.length)[0]
+
+
+def _inferred(cfg, series: Series, fit: list[float]) -> dict:
+    """What was learned from the data, and why, for config.json and the train output."""
+    f = series.freq
+    period, why_p = ts.choose_period(fit, f)
+    scaling, why_s = ts.choose_scaling(fit, cfg.period, cfg.horizon, cfg.length)
+    out = {
+        "frequency": f.name if f else "no dates",
+        "missing_timestamps": f.missing if f else 0,
+        "irregular_spacings": f.irregular if f else 0,
+        "filled": series.notes,
+        "period": cfg.period,
+        "period_reason": why_p if period == cfg.period else "set by --period",
+        "scaling": cfg.scaling,
+        "scaling_reason": why_s if scaling == cfg.scaling else "set by --scaling",
+    }
+    return out
+
+
+def describe(meta: dict) -> str:
+    """One line: what a run learned about its series."""
+    i = meta.get("inferred")
+    if not i:
+        return ""
+    dates = i["frequency"]
+    if i["missing_timestamps"] or i["irregular_spacings"]:
+        dates += (
+            f" ({i['missing_timestamps']} missing timestamps, "
+            f"{i['irregular_spacings']} irregular spacings)"
+        )
+    filled = f"; {i['filled']}" if i["filled"] else ""
+    return (
+        f"series: {dates}{filled}; period {i['period']} ({i['period_reason']}); scaling "
+        f"{i['scaling']} ({i['scaling_reason']}); horizon {meta['horizon']}"
+    )
 
 
 def make(cfg, seed: int) -> TaskData:
     raw, name = _source(cfg.csv)
-    date_column = cfg.date_column or ("" if cfg.csv else BUILTIN_DATES)
-    values, dates, column = parse(raw, name, cfg.column, date_column)
-    L, S = cfg.length, cfg.test_size
+    date_column = _date_column(cfg)
+    series = load(raw, name, cfg.column, date_column, cfg.fill)
+    values, column = series.values, series.column
+    if cfg.rows:
+        values = values[: cfg.rows]
+    L, S, H = cfg.length, cfg.test_size, cfg.horizon
     n = len(values)
-    n_train = n - 2 * S
-    if n_train < L + 1:
+    n_train = _fit_part(n, S)
+    V = S if S else H  # validation values (in-sample, the last H, when nothing is held out)
+    if S and H > S:
+        raise ConfigError(f"data.horizon must be <= data.test_size ({S}), got {H}")
+    if n_train < L + 1 or n < L + H:
         raise DataError(
             f"CSV file {name} has {n} values in column {column!r}; data.length {L} and "
             f"data.test_size {S} need at least {L + 1 + 2 * S} (one training window of "
             f"{L + 1}, then {S} for validation and {S} for test)"
         )
     v = torch.tensor(values, dtype=torch.float32)
-    train = torch.stack([v[i : i + L + 1] for i in range(n_train - L)])
+    train = v[:n_train].unfold(0, L + 1, 1)  # (n_train - L, L + 1) views, no copies
     train = Split(train[:, :-1, None], train[:, 1:, None], all_steps(train[:, :-1, None]))
-    val = torch.stack([v[j - L : j + 1] for j in range(n_train, n_train + S)])
-    val_mask = torch.zeros(S, L, dtype=torch.bool)
+    v0 = n_train if S else n - V
+    val = torch.stack([v[j - L : j + 1] for j in range(v0, v0 + V)])
+    val_mask = torch.zeros(V, L, dtype=torch.bool)
     val_mask[:, -1] = True
     val = Split(val[:, :-1, None], val[:, 1:, None], val_mask)
     seq = v[n - S - L :]
     test_mask = torch.zeros(1, L + S - 1, dtype=torch.bool)
     test_mask[:, L - 1 :] = True
     test = Split(seq[None, :-1, None], seq[None, 1:, None], test_mask)
+    # every validation value is an origin; each forecasts H steps, scored (and its residuals
+    # calibrating prediction intervals) only up to the end of the validation part
+    origins = range(v0, v0 + V)
+    m = cfg.period if cfg.period < n_train else 1
+    scale = (v[m:n_train] - v[: n_train - m]).abs().mean().item()
+    forecast_val = {
+        "context": torch.stack([v[o - L : o] for o in origins])[:, :, None],
+        "target": torch.stack(
+            [torch.cat([v[o : v0 + V], torch.full((H,), math.nan)])[:H] for o in origins]
+        ),
+        "scale": scale if scale > 0 else 1.0,
+    }
+    freq = series.freq
     meta = {
         "csv": cfg.csv,
         "column": column,
@@ -178,9 +342,17 @@ def make(cfg, seed: int) -> TaskData:
         "sha256": hashlib.sha256(raw).hexdigest(),
         "period": cfg.period,
         "test_size": S,
-        "test_start": dates[n - S] if dates else n - S,
+        "horizon": H,
+        "test_start": (series.dates[n - S] if S else None) if series.dates else n - S,
+        "last_date": series.dates[n - 1] if series.dates else None,
+        "step_s": freq.step_s if freq else None,
+        "mase_scale": forecast_val["scale"],
+        "inferred": _inferred(cfg, series, values[:n_train]),
     }
-    return TaskData(train, val, test, 1, 1, default_scaling="seasonal", meta=meta)
+    default = "seasonal" if cfg.period > 1 else "diff"
+    return TaskData(
+        train, val, test, 1, 1, default_scaling=default, forecast_val=forecast_val, meta=meta
+    )
 
 
 def check_meta(saved: dict, current: dict) -> None:
@@ -214,10 +386,19 @@ def _place(td: TaskData, forecast: torch.Tensor) -> torch.Tensor:
     return pred
 
 
+def _need_test(td: TaskData) -> None:
+    if not td.meta["test_size"]:
+        raise DataError(
+            "this run held out no test values (--test-size 0); score it with "
+            "`lstmkit backtest --run DIR`"
+        )
+
+
 def test_predictions(run, td: TaskData) -> torch.Tensor:
     """The model's autoregressive forecast of the test values from the L values before them."""
     from lstmkit.forecast import forecast
 
+    _need_test(td)
     L = run.config.data.length
     fc = forecast(run, td.test.x[0, :L, 0].tolist(), td.meta["test_size"])
     return _place(td, torch.tensor(fc))
