@@ -154,6 +154,7 @@ class LSTM(nn.Module):
         v = self.variant
         if v.is_plain():
             return weights, None
+        plain_kernel = not v.features(self.training)  # e.g. weight drop alone: the plain path
         T, B = x.size(0), x.size(1)
         H, R = self.hidden_size, self.proj_size or self.hidden_size
         extras = []
@@ -162,7 +163,7 @@ class LSTM(nn.Module):
             if masks["weight_drop"] is not None:
                 ws[1] = ws[1] * masks["weight_drop"]
             extras.append(variant_extras(self, v, sfx, masks, masks))
-        return weights, extras
+        return weights, None if plain_kernel else extras
 
     def backend_choice(self, input: Tensor, lengths=None) -> tuple[str, str]:
         """The backend a forward of ``input`` would run, and why: ``(name, reason)``."""
