@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import textwrap
 from pathlib import Path
 
 import torch
@@ -181,4 +182,8 @@ def plot_inspect(run: Run, values, out: str | Path | None = None) -> Path:
     trace = trace_run(run, values)
     out = Path(out) if out else run.path / GATES_PNG
     with torch.no_grad():
-        return plot_gates(trace, [float(v) for v in values], out, f"Layer 1 of {run.path.name}")
+        title = f"Layer 1 of {run.path.name}"
+        described = run.model.lstm.variant.describe()
+        if described:  # the variant, wrapped to the figure's width
+            title += "\n" + "\n".join(textwrap.wrap(described, 55))
+        return plot_gates(trace, [float(v) for v in values], out, title)
