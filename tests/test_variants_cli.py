@@ -242,3 +242,15 @@ def test_inspect_of_a_layer_norm_peephole_run_traces_the_model(tmp_path):
     with torch.no_grad():
         h, _ = run.model.lstm(xs)
     torch.testing.assert_close(tr.hidden, h[0])
+
+
+def test_captions_state_the_variant_equations():
+    from lstmkit.inspect_gates import CAPTIONS, captions
+    from lstmkit.variants import Variant
+
+    assert captions(Variant()) == CAPTIONS
+    cap = captions(Variant.make(coupled=True, layer_norm=True, zoneout=0.2, cell_clip=3))
+    assert cap["forget gate"].startswith("f = 1 - i (coupled)")
+    assert cap["cell state"].startswith("c = 0.2·c_prev + 0.8·(clip(f·c_prev + i·g, ±3))")
+    assert "tanh(LN(c))" in cap["hidden state"]
+    assert "p·c" in captions(Variant.make(peephole=True))["output gate"]

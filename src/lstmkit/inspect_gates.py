@@ -16,7 +16,7 @@ from lstmkit.cell import lstm_step, variant_extras
 from lstmkit.checkpoint import Run
 from lstmkit.errors import DataError
 from lstmkit.forecast import _context
-from lstmkit.variants import CellExtras, draw_masks
+from lstmkit.variants import CellExtras, Variant, draw_masks
 
 PANELS = ("input gate", "forget gate", "candidate", "output gate", "cell state", "hidden state")
 CAPTIONS = {
@@ -27,6 +27,36 @@ CAPTIONS = {
     "cell state": "c = f·c_prev + i·g: the long-term memory carried from step to step",
     "hidden state": "h = o·tanh(c): the layer's output at this step, read by the next layer/head",
 }
+
+
+def captions(v: Variant | None = None) -> dict[str, str]:
+    """:data:`CAPTIONS` with the equations of variant ``v`` (evaluation form: zoneout keeps
+    the previous value in proportion z)."""
+    if v is None or v.is_plain():
+        return dict(CAPTIONS)
+    pre = " + p·c_prev" if v.peephole else ""
+    ln = "LN" if v.layer_norm else ""  # layer norm of each projection (and of c for h)
+    c = "f·c_prev + i·g"
+    if v.cell_clip is not None:
+        c = f"clip({c}, ±{v.cell_clip:g})"
+    if v.zoneout_c:
+        c = f"{v.zoneout_c:g}·c_prev + {1 - v.zoneout_c:g}·({c})"
+    h = f"o·tanh({ln}(c))" if ln else "o·tanh(c)"
+    if v.zoneout_h:
+        h = f"{v.zoneout_h:g}·h_prev + {1 - v.zoneout_h:g}·{h}"
+    gate = f"σ({ln}(W_i x) + {ln}(W_h h) + b{pre})" if ln else f"σ(·{pre})"
+    return {
+        "input gate": f"i = {gate}: share of the candidate written",
+        "forget gate": "f = 1 - i (coupled): share of the previous cell state kept"
+        if v.coupled
+        else f"f = {gate}: share of the previous cell state kept",
+        "candidate": f"g = tanh({ln}(·)): the new values proposed for the cell, in [-1, 1]"
+        if ln
+        else CAPTIONS["candidate"],
+        "output gate": f"o = {gate.replace('c_prev', 'c')}: share of the cell exposed as h",
+        "cell state": f"c = {c}: the memory carried to the next step",
+        "hidden state": f"h = {h}: the layer's output at this step",
+    }
 
 
 @dataclass
