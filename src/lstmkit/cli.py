@@ -9,7 +9,7 @@ import json
 import sys
 
 from lstmkit import __version__
-from lstmkit.config import SECTIONS, RunConfig, _field_type, from_dict, load_toml
+from lstmkit.config import PAIRS, SECTIONS, RunConfig, _field_type, from_dict, load_toml
 from lstmkit.errors import DataError, LstmkitError, TrainingError
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
@@ -68,8 +68,6 @@ def _parse_value(t: type, raw: str, flag: str):
         if raw.lower() not in TRUE + FALSE:
             raise LstmkitError(f"--{flag} must be true or false, got {raw!r}")
         return raw.lower() in TRUE
-    if flag == "zoneout" and "," in raw:
-        return [_parse_value(float, r, flag) for r in raw.split(",")]
     try:
         return t(raw)
     except ValueError:
@@ -84,8 +82,11 @@ def config_from_args(args) -> RunConfig:
         for f in dataclasses.fields(cls):
             raw = getattr(args, f"{section}.{f.name}")
             if raw is not None:
-                t = _field_type(cls, f.name)
-                value = _parse_value(t, raw, f.name.replace("_", "-"))
+                t, flag = _field_type(cls, f.name), f.name.replace("_", "-")
+                if (section, f.name) in PAIRS and "," in raw:  # --zoneout 0.5,0.05
+                    value = [_parse_value(t, r, flag) for r in raw.split(",")]
+                else:
+                    value = _parse_value(t, raw, flag)
                 overrides.setdefault(section, {})[f.name] = value
     return from_dict(overrides, cfg, source="command line")
 
