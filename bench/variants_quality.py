@@ -156,11 +156,11 @@ def run_adding(spec: dict, seeds, tmp: Path) -> list[dict]:
     return rows
 
 
-def _spread(values) -> str:
+def _spread(values, fmt: str = ".3f") -> str:
     """mean ± standard deviation over seeds (sample sd)."""
     m = statistics.fmean(values)
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{m:.3f} ± {sd:.3f}"
+    return f"{m:{fmt}} ± {sd:{fmt}}"
 
 
 def _groups(rows, *keys):
@@ -203,10 +203,32 @@ def adding_table(rows) -> str:
         )
         secs = statistics.fmean(r["seconds"] for r in rs)
         lines.append(
-            f"| {T} | {name} | {per_seed} | {_spread([r['test_mse'] for r in rs])} | {hits} "
+            f"| {T} | {name} | {per_seed} | {_spread([r['test_mse'] for r in rs], '.4f')} | {hits} "
             f"| {rs[0]['steps']} | {secs:.0f} |"
         )
     return "\n".join(lines)
+
+
+def report(result: dict) -> str:
+    """The markdown tables and the machine line of a result."""
+    m, load = result["machine"], result["load_average_1_5_15"]
+    return "\n".join(
+        [
+            # results written before text_file was recorded used the default --text
+            f"(a) text, first {result['text_chars']} characters of "
+            f"{Path(result.get('text_file', SHARED_TEXT)).name}",
+            "",
+            text_table(result["text"]),
+            "",
+            "(b) adding problem",
+            "",
+            adding_table(result["adding"]),
+            "",
+            f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} "
+            f"thread(s); load average (1 min) {load['start'][0]:.1f} at start, "
+            f"{load['end'][0]:.1f} at end; {result['total_seconds'] / 60:.1f} min in all",
+        ]
+    )
 
 
 def machine() -> dict:
@@ -250,7 +272,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    p.add_argument("--tables", type=Path, help="print the tables of a saved JSON result; no runs")
     args = p.parse_args(argv)
+    if args.tables:
+        print(report(json.loads(args.tables.read_text())))
+        return 0
     spec = QUICK if args.quick else FULL
     torch.set_num_threads(args.threads)
     if not args.text.is_file():
@@ -271,21 +297,12 @@ def main(argv=None) -> int:
         "total_seconds": time.perf_counter() - started,
         "spec": {k: v for k, v in spec.items() if k != "adding_epochs"}
         | {"adding_epochs": {str(k): v for k, v in spec["adding_epochs"].items()}},
+        "text_file": str(args.text),
         "text_chars": spec["chars"],
         "text": text_rows,
         "adding": adding_rows,
     }
-    print(f"(a) text, first {spec['chars']} characters of {args.text.name}\n")
-    print(text_table(text_rows))
-    print("\n(b) adding problem\n")
-    print(adding_table(adding_rows))
-    m = result["machine"]
-    print(
-        f"\n{m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} "
-        f"thread(s); load average (1 min) {load_before[0]:.1f} at start, "
-        f"{result['load_average_1_5_15']['end'][0]:.1f} at end; "
-        f"{result['total_seconds'] / 60:.1f} min in all"
-    )
+    print(report(result))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
