@@ -81,3 +81,23 @@ def test_variants_benchmark_on_tiny_cells(tmp_path):
         assert c["auto_pick"] == "native" and c["auto_vs_nn"] > 0 and c["reference_vs_auto"] > 0
     assert set(result["summary"]) == set(names)
     assert "| layer_norm |" in mod.markdown(result)
+
+
+@pytest.mark.slow
+def test_variants_quality_quick_run_writes_its_tables(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "variants_quality", BENCH.with_name("variants_quality.py")
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question. " * 100)
+    out = tmp_path / "q.json"
+    assert mod.main(["--quick", "--seeds", "0", "1", "--text", str(text), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["text"]) == 4 * 2 and len(result["adding"]) == 2 * 3 * 2
+    assert {r["variant"] for r in result["text"]} == set(mod.TEXT_VARIANTS)
+    assert all(r["val_bpc"] > 0 and r["seconds"] > 0 for r in result["text"])
+    assert all(r["test_mse"] >= 0 for r in result["adding"])
+    printed = capsys.readouterr().out
+    assert "| zoneout 0.5,0.05 |" in printed and "| 40 | chrono (t_max = T) |" in printed

@@ -103,6 +103,7 @@ def build_model(cfg: RunConfig, task: dict) -> SequenceModel:
         backend=m.backend,
         vocab_size=task["input_size"] if task.get("tokens") else None,
         embedding_dim=m.embedding_dim,
+        **m.variant(),
     )
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from lstmkit import __version__
-from lstmkit.config import SECTIONS, RunConfig, _field_type, from_dict, load_toml
+from lstmkit.config import PAIRS, SECTIONS, RunConfig, _field_type, from_dict, load_toml
 from lstmkit.errors import DataError, LstmkitError, TrainingError
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
@@ -29,13 +29,17 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         defaults = cls()
         for f in dataclasses.fields(cls):
             t = _field_type(cls, f.name)
+            is_bool = t is bool  # a switch: --layer-norm, or --layer-norm false
+            metavar, help_ = HELP.get(f.name, (t.__name__.upper(), None))
             g.add_argument(
                 "--" + f.name.replace("_", "-"),
                 dest=f"{section}.{f.name}",
                 type=str,
                 default=None,
-                metavar=t.__name__.upper(),
-                help=_default_help(getattr(defaults, f.name)),
+                nargs="?" if is_bool else None,
+                const="true" if is_bool else None,
+                metavar=metavar,
+                help=help_ or _default_help(getattr(defaults, f.name)),
             )
 
 
@@ -43,7 +47,28 @@ def _default_help(value) -> str:
     return "default: the task's" if value is None else f"default {value!r}"
 
 
+# The variant flags' metavar and help, beside the fields in lstmkit.config.ModelConfig.
+HELP = {
+    "dropout": ("FLOAT", "dropout between LSTM layers (needs --num-layers 2 or more; default 0)"),
+    "forget_bias": ("FLOAT", "added to the forget gate's bias at initialisation (default 0)"),
+    "init": ("uniform|chrono", "chrono sets the forget/input biases from t_max (default uniform)"),
+    "t_max": ("STEPS", "chrono's longest dependency (default: the training window, data.length)"),
+    "layer_norm": ("BOOL", "layer-normalised gates and cell (a switch; default off)"),
+    "peephole": ("BOOL", "peephole connections from the cell to i, f, o (a switch; default off)"),
+    "coupled": ("BOOL", "coupled input and forget gates, f = 1 - i (a switch; default off)"),
+    "recurrent_dropout": ("P", "dropout on h_{t-1}, one mask per sequence (default 0)"),
+    "zoneout": ("Z|Z_C,Z_H", "keep the previous c and h with these probabilities (default 0)"),
+    "weight_drop": ("P", "DropConnect on the recurrent weights, per forward (default 0)"),
+    "cell_clip": ("FLOAT", "clip the cell state to [-FLOAT, FLOAT] (default: no clipping)"),
+}
+TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
 def _parse_value(t: type, raw: str, flag: str):
+    if t is bool:
+        if raw.lower() not in TRUE + FALSE:
+            raise LstmkitError(f"--{flag} must be true or false, got {raw!r}")
+        return raw.lower() in TRUE
     try:
         return t(raw)
     except ValueError:
@@ -58,8 +83,11 @@ def config_from_args(args) -> RunConfig:
         for f in dataclasses.fields(cls):
             raw = getattr(args, f"{section}.{f.name}")
             if raw is not None:
-                t = _field_type(cls, f.name)
-                value = _parse_value(t, raw, f.name.replace("_", "-"))
+                t, flag = _field_type(cls, f.name), f.name.replace("_", "-")
+                if (section, f.name) in PAIRS and "," in raw:  # --zoneout 0.5,0.05
+                    value = [_parse_value(t, r, flag) for r in raw.split(",")]
+                else:
+                    value = _parse_value(t, raw, flag)
                 overrides.setdefault(section, {})[f.name] = value
     return from_dict(overrides, cfg, source="command line")
 

@@ -20,6 +20,33 @@ class ModelConfig:
     dropout: float = 0.0
     backend: str = "auto"
     embedding_dim: int = 32  # used by token tasks (copy, text) only
+    # LSTM variants (lstmkit.variants.Variant checks them; all off: the plain LSTM)
+    forget_bias: float = 0.0  # added to the forget gate's bias at initialisation
+    init: str = "uniform"  # uniform (torch's) | chrono (Tallec & Ollivier 2018)
+    t_max: float | None = None  # chrono's longest dependency; None: data.length
+    layer_norm: bool = False
+    peephole: bool = False
+    coupled: bool = False  # f = 1 - i
+    recurrent_dropout: float = 0.0
+    zoneout: float | list[float] = 0.0  # one probability, or [z_c, z_h]
+    weight_drop: float = 0.0
+    cell_clip: float | None = None  # None: no clipping
+
+    def variant(self) -> dict:
+        """The variant options as keyword arguments of ``lstmkit.LSTM``."""
+        z = self.zoneout
+        return {
+            "forget_bias": self.forget_bias,
+            "init": self.init,
+            "t_max": self.t_max,
+            "layer_norm": self.layer_norm,
+            "peephole": self.peephole,
+            "coupled": self.coupled,
+            "recurrent_dropout": self.recurrent_dropout,
+            "zoneout": tuple(z) if isinstance(z, list) else z,
+            "weight_drop": self.weight_drop,
+            "cell_clip": self.cell_clip,
+        }
 
 
 @dataclass
@@ -114,6 +141,10 @@ TASK_DEFAULT = {
     ("train", "batch_size"),
     ("train", "lr"),
 }
+# Fields where None is a setting of its own (not a task default).
+OPTIONAL = {("model", "t_max"), ("model", "cell_clip")}
+# Fields that take one number or a pair of numbers.
+PAIRS = {("model", "zoneout")}
 
 
 def _field_type(cls, name: str) -> type:
@@ -129,6 +160,10 @@ def coerce(section: str, key: str, value):
     cls = SECTIONS[section]
     t = _field_type(cls, key)
     where = f"{section}.{key}"
+    if (section, key) in PAIRS and isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ConfigError(f"{where} must be one number or two, got {value!r}")
+        return [coerce(section, key, v) for v in value]
     if t is bool:
         if isinstance(value, bool):
             return value
@@ -153,10 +188,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     for section, cls in SECTIONS.items():
         obj = getattr(cfg, section)
         for f in dataclasses.fields(cls):
-            if getattr(obj, f.name) is None and (section, f.name) in TASK_DEFAULT:
+            if getattr(obj, f.name) is None and (section, f.name) in TASK_DEFAULT | OPTIONAL:
                 continue
             v = coerce(section, f.name, getattr(obj, f.name))
             where = f"{section}.{f.name}"
+            if isinstance(v, list):
+                continue  # a pair: its numbers are checked by _check_variant
             if isinstance(v, float) and not math.isfinite(v):
                 raise ConfigError(f"{where} must be finite, got {v!r}")
             if (section, f.name) in POSITIVE and v <= 0:
@@ -172,7 +209,34 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(
             f"data.low must be <= data.high, got low={cfg.data.low}, high={cfg.data.high}"
         )
+    _check_variant(cfg.model)
     return cfg
+
+
+def _check_variant(m: ModelConfig) -> None:
+    """The variant rules live in one place, :meth:`lstmkit.variants.Variant.make`; its
+    messages start with the option's name."""
+    from lstmkit.variants import Variant
+
+    options = m.variant()
+    if m.init == "chrono" and m.t_max is None:
+        options["t_max"] = math.inf  # resolved from data.length later; checked again then
+    try:
+        Variant.make(**options)
+    except ValueError as e:
+        raise ConfigError(f"model.{e}") from None
+
+
+def check_new_run(cfg: RunConfig) -> None:
+    """Rules for starting a run that a saved run need not meet, so that runs trained before
+    them still load and resume."""
+    m = cfg.model
+    if m.dropout > 0 and m.num_layers == 1:
+        raise ConfigError(
+            f"model.dropout acts between LSTM layers and does nothing with num_layers=1 (got "
+            f"dropout={m.dropout}); use --num-layers 2 or more, or recurrent_dropout, zoneout "
+            "or weight_drop for dropout inside the recurrence"
+        )
 
 
 def to_dict(cfg: RunConfig) -> dict:
@@ -201,7 +265,7 @@ def from_dict(d: dict, base: RunConfig | None = None, source: str = "config") ->
                 raise ConfigError(
                     f"{source}: unknown key {section}.{key}; expected one of {expected}"
                 )
-            if value is None and (section, key) in TASK_DEFAULT:
+            if value is None and (section, key) in TASK_DEFAULT | OPTIONAL:
                 setattr(obj, key, None)  # JSON null: the task's default
             else:
                 setattr(obj, key, coerce(section, key, value))

@@ -1,8 +1,8 @@
 """What an LSTM layer does inside: its gates, cell state and hidden state at every step.
 
-The gates come from :func:`lstmkit.cell.lstm_gates` and the state update from
-:func:`lstmkit.cell.lstm_cell`, the reference cell itself, so what is drawn is what the
-model computes.
+The gates and the state update come from :func:`lstmkit.cell.lstm_step`, the reference cell
+itself, with the layer's variant (layer norm, peepholes, coupled gates, cell clip, zoneout in
+its evaluation form), so what is drawn is what the model computes in evaluation mode.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lstmkit.cell import lstm_cell, lstm_gates
+from lstmkit.cell import lstm_step, variant_extras
 from lstmkit.checkpoint import Run
 from lstmkit.errors import DataError
 from lstmkit.forecast import _context
+from lstmkit.variants import CellExtras, Variant, draw_masks
 
 PANELS = ("input gate", "forget gate", "candidate", "output gate", "cell state", "hidden state")
 CAPTIONS = {
@@ -26,6 +27,36 @@ CAPTIONS = {
     "cell state": "c = f·c_prev + i·g: the long-term memory carried from step to step",
     "hidden state": "h = o·tanh(c): the layer's output at this step, read by the next layer/head",
 }
+
+
+def captions(v: Variant | None = None) -> dict[str, str]:
+    """:data:`CAPTIONS` with the equations of variant ``v`` (evaluation form: zoneout keeps
+    the previous value in proportion z)."""
+    if v is None or v.is_plain():
+        return dict(CAPTIONS)
+    pre = " + p·c_prev" if v.peephole else ""
+    ln = "LN" if v.layer_norm else ""  # layer norm of each projection (and of c for h)
+    c = "f·c_prev + i·g"
+    if v.cell_clip is not None:
+        c = f"clip({c}, ±{v.cell_clip:g})"
+    if v.zoneout_c:
+        c = f"{v.zoneout_c:g}·c_prev + {1 - v.zoneout_c:g}·({c})"
+    h = f"o·tanh({ln}(c))" if ln else "o·tanh(c)"
+    if v.zoneout_h:
+        h = f"{v.zoneout_h:g}·h_prev + {1 - v.zoneout_h:g}·{h}"
+    gate = f"σ({ln}(W_i x) + {ln}(W_h h) + b{pre})" if ln else f"σ(·{pre})"
+    return {
+        "input gate": f"i = {gate}: share of the candidate written",
+        "forget gate": "f = 1 - i (coupled): share of the previous cell state kept"
+        if v.coupled
+        else f"f = {gate}: share of the previous cell state kept",
+        "candidate": f"g = tanh({ln}(·)): the new values proposed for the cell, in [-1, 1]"
+        if ln
+        else CAPTIONS["candidate"],
+        "output gate": f"o = {gate.replace('c_prev', 'c')}: share of the cell exposed as h",
+        "cell state": f"c = {c}: the memory carried to the next step",
+        "hidden state": f"h = {h}: the layer's output at this step",
+    }
 
 
 @dataclass
@@ -59,19 +90,45 @@ def trace_layer(
     weight_hh: Tensor,
     bias_ih: Tensor | None = None,
     bias_hh: Tensor | None = None,
+    extras: CellExtras | None = None,
 ) -> GateTrace:
-    """Run one unidirectional layer without projection over x (T, I) from zero state.
+    """Run one unidirectional layer without projection over x (T, I) from zero state;
+    ``extras``: the layer's variant in evaluation form (no recurrent dropout mask; zoneout as
+    probabilities), None for the plain LSTM.
 
-    Returns a :class:`GateTrace` of (T, H) tensors; ``hidden`` equals the layer's output."""
+    Returns a :class:`GateTrace` of (T, H) tensors: the activated gates as the cell used them
+    (f = 1 - i when coupled), the cell state carried to the next step and ``hidden``, which
+    equals the layer's output."""
     H = weight_hh.size(1)
     h = c = x.new_zeros(1, H)
+    kw = {}
+    if extras is not None:
+        if extras.h_mask is not None:
+            raise ValueError("trace_layer draws the evaluation form; got a recurrent dropout mask")
+        kw = {
+            "peephole": extras.peephole,
+            "layer_norm_params": extras.layer_norm,
+            "coupled": extras.coupled,
+            "cell_clip": extras.cell_clip,
+        }
     rows: list[tuple[Tensor, ...]] = []
     for t in range(x.size(0)):
-        xt = x[t : t + 1]
-        gates = lstm_gates(xt, h, weight_ih, weight_hh, bias_ih, bias_hh)
-        h, c = lstm_cell(xt, h, c, weight_ih, weight_hh, bias_ih, bias_hh)
+        zone = None if extras is None else extras.zoneout_at(t)
+        h, c, gates = lstm_step(
+            x[t : t + 1], h, c, weight_ih, weight_hh, bias_ih, bias_hh, zoneout=zone, **kw
+        )
         rows.append((*gates, c, h))
     return GateTrace(*(torch.cat(col, dim=0) for col in zip(*rows, strict=True)))
+
+
+def layer_extras(lstm, T: int) -> CellExtras | None:
+    """The first layer's (forward direction) variant tensors for a T-step evaluation trace."""
+    v = lstm.variant
+    if v.is_plain():
+        return None
+    H = lstm.hidden_size
+    zone = draw_masks(v, False, T, 1, H, H, lstm.weight_hh_l0)  # evaluation: no randomness
+    return variant_extras(lstm, v, "_l0", {}, zone)
 
 
 def layer_input(run: Run, values) -> Tensor:
@@ -103,4 +160,4 @@ def trace_run(run: Run, values) -> GateTrace:
     biases = [getattr(lstm, f"{n}_l0", None) for n in ("bias_ih", "bias_hh")]
     with torch.no_grad():
         x = layer_input(run, values)
-    return trace_layer(x, *weights, *biases)
+    return trace_layer(x, *weights, *biases, extras=layer_extras(lstm, x.size(0)))

@@ -11,7 +11,8 @@ class SequenceModel(nn.Module):
     """(optional embedding) → LSTM → Linear, batch-first.
 
     Input x (B, T, I) float, or (B, T) int64 token ids when ``vocab_size`` is set;
-    ``lengths`` (B,) optional. Output (B, T, O): one prediction per step.
+    ``lengths`` (B,) optional. Output (B, T, O): one prediction per step. ``variant``:
+    the LSTM's variant options (``layer_norm=True``, ...; see :class:`lstmkit.LSTM`).
     """
 
     def __init__(
@@ -24,12 +25,19 @@ class SequenceModel(nn.Module):
         backend: str = "auto",
         vocab_size: int | None = None,
         embedding_dim: int = 32,
+        **variant,
     ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embedding_dim) if vocab_size else None
         lstm_in = embedding_dim if vocab_size else input_size
         self.lstm = LSTM(
-            lstm_in, hidden_size, num_layers, dropout=dropout, batch_first=True, backend=backend
+            lstm_in,
+            hidden_size,
+            num_layers,
+            dropout=dropout,
+            batch_first=True,
+            backend=backend,
+            **variant,
         )
         self.head = nn.Linear(hidden_size, output_size)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import textwrap
 from pathlib import Path
 
 import torch
@@ -161,10 +162,13 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     return written + ([fc] if fc else [])
 
 
-def plot_gates(trace, values, out: str | Path, title: str = "") -> Path:
+def plot_gates(trace, values, out: str | Path, title: str = "", captions=None) -> Path:
     """One heatmap per panel of ``trace`` (a :class:`lstmkit.inspect_gates.GateTrace`): rows are
-    hidden units, columns steps labelled with ``values`` (T,), a caption per panel."""
+    hidden units, columns steps labelled with ``values`` (T,), a caption per panel
+    (``captions``: panel -> text, default the plain LSTM's)."""
     from lstmkit.inspect_gates import CAPTIONS
+
+    captions = captions or CAPTIONS
 
     panels = trace.panels()
     T, H = next(iter(panels.values())).shape
@@ -180,7 +184,7 @@ def plot_gates(trace, values, out: str | Path, title: str = "") -> Path:
             kw = {"cmap": "RdBu_r", "vmin": -lim, "vmax": lim}
         im = ax.imshow(v.detach().cpu().T.numpy(), aspect="auto", interpolation="nearest", **kw)
         fig.colorbar(im, ax=ax, pad=0.01)
-        ax.set_title(f"{name}: {CAPTIONS[name]}", fontsize=9, loc="left")
+        ax.set_title(f"{name}: {captions[name]}", fontsize=9, loc="left")
         ax.set_ylabel("unit")
         ax.set_xticks(ticks, [f"{values[t]:g}" for t in ticks], fontsize=8)
     axes[-1].set_xlabel("input value at each step")
@@ -192,9 +196,14 @@ def plot_gates(trace, values, out: str | Path, title: str = "") -> Path:
 
 def plot_inspect(run: Run, values, out: str | Path | None = None) -> Path:
     """Gate heatmaps of ``run``'s first LSTM layer for ``values`` (default DIR/gates.png)."""
-    from lstmkit.inspect_gates import trace_run
+    from lstmkit.inspect_gates import captions, trace_run
 
     trace = trace_run(run, values)
     out = Path(out) if out else run.path / GATES_PNG
     with torch.no_grad():
-        return plot_gates(trace, [float(v) for v in values], out, f"Layer 1 of {run.path.name}")
+        title = f"Layer 1 of {run.path.name}"
+        variant = run.model.lstm.variant
+        described = variant.describe()
+        if described:  # the variant, wrapped to the figure's width
+            title += "\n" + "\n".join(textwrap.wrap(described, 55))
+        return plot_gates(trace, [float(v) for v in values], out, title, captions(variant))

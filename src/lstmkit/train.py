@@ -27,7 +27,7 @@ from lstmkit.checkpoint import (
     save_state,
     save_weights,
 )
-from lstmkit.config import RunConfig, validate
+from lstmkit.config import RunConfig, check_new_run, validate
 from lstmkit.errors import ConfigError, RunDirError, TrainingError
 from lstmkit.scaling import Scaler
 
@@ -187,10 +187,12 @@ def train(
 
 
 def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Result:
+    if not resume:  # refuse a bad config before anything is written
+        cfg = tasks.resolve(validate(cfg))  # None fields: the task's defaults, saved resolved
+        check_new_run(cfg)
     work = distributed.on_main(ctx, _prepare_dir, out, resume, overwrite)
     if resume:  # the saved config is the one to continue (load_run also checks the run)
-        cfg = load_run(out).config
-    cfg = tasks.resolve(validate(cfg))  # None fields: the task's defaults, saved resolved
+        cfg = tasks.resolve(validate(load_run(out).config))
     device = distributed.train_device(ctx, pick_device(cfg.train.device))
     td = tasks.make(cfg.data, cfg.train.seed)
     scaler = make_scaler(cfg, td)

@@ -98,6 +98,8 @@ def resolve(cfg: RunConfig) -> RunConfig:
         section, name = key.split(".")
         if getattr(getattr(out, section), name) is None:
             setattr(getattr(out, section), name, value)
+    if out.model.init == "chrono" and out.model.t_max is None:
+        out.model.t_max = float(out.data.length)  # the longest dependency a window can hold
     for name in ("csv", "text"):  # a run must find its file from any directory
         if getattr(out.data, name):
             setattr(out.data, name, str(Path(getattr(out.data, name)).resolve()))
