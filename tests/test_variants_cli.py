@@ -254,3 +254,13 @@ def test_captions_state_the_variant_equations():
     assert cap["cell state"].startswith("c = 0.2·c_prev + 0.8·(clip(f·c_prev + i·g, ±3))")
     assert "tanh(LN(c))" in cap["hidden state"]
     assert "p·c" in captions(Variant.make(peephole=True))["output gate"]
+
+
+@pytest.mark.parametrize("flags", [["--weight-drop", "0.3"], ["--recurrent-dropout", "0.2"]])
+def test_one_stochastic_variant_alone_trains_and_predicts(flags, tmp_path, capsys):
+    """Weight drop alone needs no kernel feature (auto runs the plain native kernels);
+    recurrent dropout alone needs one in training and none in evaluation."""
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *SMALL, *flags]) == 0
+    assert main(["predict", "--run", str(out), "5", "6", "7", "8"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()[-1].split()) == 4
