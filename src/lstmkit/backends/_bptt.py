@@ -169,7 +169,8 @@ STATE = ("gates", "hbuf", "cbuf", "tc", "r", "mask", "xhat", "rstd", *_AUX_KEYS)
 
 def forward_train(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex):
     """The forward that keeps what :func:`backward_train` needs: (out, h_n, c_n, state), state
-    a dict over :data:`STATE`; ``x`` must be contiguous."""
+    a tuple in :data:`STATE`'s order (its first 8 only for the plain LSTM: tuples and no
+    dicts, as this is eager training's path); ``x`` must be contiguous."""
     xhat = rstd = None
     if ex is None or ex.layer_norm is None:
         xg = input_projection(x, w_ih, b_ih, b_hh)
@@ -179,9 +180,9 @@ def forward_train(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths
     hbuf, c_n, cbuf, tc, r, *aux = loops.forward(
         xg, h0, c0, w_hh, w_hr, mask, reverse, True, *([ex] if ex is not None else [])
     )
-    aux = aux[0] if aux else {}
-    state = {"gates": xg, "hbuf": hbuf, "cbuf": cbuf, "tc": tc, "r": r, "mask": mask}
-    state.update(xhat=xhat, rstd=rstd, **{k: aux.get(k) for k in _AUX_KEYS})
+    state = (xg, hbuf, cbuf, tc, r, mask, xhat, rstd)
+    if aux:
+        state += tuple(aux[0].get(k) for k in _AUX_KEYS)
     return (*_outputs(hbuf, c_n, mask, reverse, saved=True), state)
 
 
@@ -189,15 +190,15 @@ def backward_train(loops: Loops, x, w_ih, w_hh, w_hr, state, dout, dh_n, dc_n, n
                    reverse, ex):  # fmt: skip
     """The gradients of :class:`LSTMFunction`'s first 13 inputs (x, h0, c0, w_ih, w_hh, b_ih,
     b_hh, w_hr, peep, g_ih, g_hh, g_c, b_c), None where ``needs[i]`` is False or unused."""
-    gates, hbuf, tc, r, mask = (state[k] for k in ("gates", "hbuf", "tc", "r", "mask"))
+    gates, hbuf, cbuf, tc, r, mask, xhat, rstd = state[:8]
     T, B, I = x.shape
     if dout is not None:
         dout = dout.contiguous()
     extra = []
     if ex is not None:
-        extra = [ex, {k: state[k] for k in _AUX_KEYS if state[k] is not None}]
+        extra = [ex, {k: t for k, t in zip(_AUX_KEYS, state[8:], strict=True) if t is not None}]
     dG, dht, dh0, dc0, *vgrads = loops.backward(
-        dout, dh_n, dc_n, gates, state["cbuf"], tc, r, w_hh, w_hr, mask, reverse, *extra
+        dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, *extra
     )
     vg = vgrads[0] if vgrads else {}
     dG2 = dG.view(T * B, -1)
@@ -207,8 +208,8 @@ def backward_train(loops: Loops, x, w_ih, w_hh, w_hr, state, dout, dh_n, dc_n, n
     dgh = vg.get("dgh", dG).view(T * B, -1)  # gradient of h·W_hh^T (layer norm: raw)
     dxg = dG2  # gradient of x·W_ih^T
     dg_ih = None
-    if state["xhat"] is not None:
-        dxg, dg_ih = loops.norm_rows_backward(dG, ex.layer_norm[0], state["xhat"], state["rstd"])
+    if xhat is not None:
+        dxg, dg_ih = loops.norm_rows_backward(dG, ex.layer_norm[0], xhat, rstd)
         dxg = dxg.view(T * B, -1)
     dx = torch.mm(dxg, w_ih).view(T, B, I) if needs[0] else None
     dw_ih = torch.mm(dxg.t(), x.view(T * B, I)) if needs[3] else None
@@ -240,7 +241,7 @@ class LSTMFunction(torch.autograd.Function):
         out, h_n, c_n, state = forward_train(
             loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex
         )
-        ctx.save_for_backward(x, w_ih, w_hh, w_hr, *state.values())
+        ctx.save_for_backward(x, w_ih, w_hh, w_hr, *state)
         ctx.reverse, ctx.loops, ctx.has_bias, ctx.ex = reverse, loops, b_ih is not None, ex
         ctx.set_materialize_grads(False)
         return out, h_n, c_n
@@ -248,8 +249,7 @@ class LSTMFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dh_n, dc_n):
-        x, w_ih, w_hh, w_hr, *saved = ctx.saved_tensors
-        state = dict(zip(STATE, saved, strict=True))
+        x, w_ih, w_hh, w_hr, *state = ctx.saved_tensors
         grads = backward_train(ctx.loops, x, w_ih, w_hh, w_hr, state, dout, dh_n, dc_n,
                                ctx.needs_input_grad, ctx.has_bias, ctx.reverse, ctx.ex)  # fmt: skip
         return (*grads, None, None, None, None)

@@ -127,7 +127,9 @@ def lstm_layer(
     out, h_n, c_n, state = _bptt.forward_train(
         loops, x.contiguous(), h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex
     )
-    return (out, h_n, c_n, *(x.new_empty(0) if state[k] is None else state[k] for k in SAVED))
+    state += (None,) * (len(_bptt.STATE) - len(state))  # the plain LSTM's: no variant aux
+    kept = (t for k, t in zip(_bptt.STATE, state, strict=True) if k != "mask")
+    return (out, h_n, c_n, *(x.new_empty(0) if t is None else t for t in kept))
 
 
 @lstm_layer.register_fake
@@ -182,8 +184,9 @@ def lstm_layer_backward(
     )
     T, B = x.size(0), x.size(1)
     shapes = _saved_shapes(x, h0, h0.new_empty(B, w_hh.size(0) // 4), w_hr, g_ih, zc, zc_p, T, B)
-    state = {k: t if shapes[k] is not None else None for k, t in zip(SAVED, saved, strict=True)}
-    state["mask"] = _bptt.time_mask(lengths, T, x.device)
+    kept = [t if shapes[k] is not None else None for k, t in zip(SAVED, saved, strict=True)]
+    mask = _bptt.time_mask(lengths, T, x.device)
+    state = (*kept[:5], mask, *kept[5:])  # in _bptt.STATE's order
     grads = _bptt.backward_train(
         loops, x.contiguous(), w_ih, w_hh, w_hr, state, dout, dh_n, dc_n, needs, has_bias,
         reverse, ex,
