@@ -121,6 +121,21 @@ def test_compile_variants(backend, training):
     assert counts[1] == counts[0] and rec.layer_ops() == 4
 
 
+@pytest.mark.parametrize("backend", ["fused", "native"])
+def test_compile_inference_under_no_grad(backend):
+    """No gradient needed: the op runs its inference path (save=False, nothing kept)."""
+    eager, model = _pair(backend, dtype=torch.float32, bidirectional=True, zoneout=0.1)
+    rec = Recorder()
+    compiled = torch.compile(model.eval(), fullgraph=True, dynamic=True, backend=rec)
+    with torch.no_grad():
+        for T, B in [(50, 3), (9, 4)]:
+            x, lengths = _inputs(T, B, 3, torch.float32, seed=T)
+            want = eager.eval()(x, lengths=lengths)
+            torch.testing.assert_close(compiled(x, lengths=lengths), want, **F32)
+    ops = [n for n in rec.graphs[-1].graph.nodes if _is_layer_op(n)]
+    assert len(ops) == 2 and all(n.args[11] is False for n in ops)
+
+
 def test_compile_coupled_float32():
     eager, model = _pair("native", dtype=torch.float32, coupled=True, zoneout=0.1)
     compiled = torch.compile(model.eval(), fullgraph=True, dynamic=True, backend=Recorder())

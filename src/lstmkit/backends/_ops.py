@@ -50,8 +50,8 @@ def _extras(variant, peep, g_ih, g_hh, g_c, b_c, coupled, cell_clip, h_mask, zc,
         coupled=coupled,
         cell_clip=cell_clip,
         h_mask=h_mask,
-        zoneout_c=zc if zc is not None else zc_p,
-        zoneout_h=zh if zh is not None else zh_p,
+        zoneout_c=zc if zc is not None else (zc_p or None),  # 0.0: no zoneout, as the
+        zoneout_h=zh if zh is not None else (zh_p or None),  # fake implementation assumes
     )
 
 
