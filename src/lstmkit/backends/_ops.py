@@ -75,6 +75,9 @@ def _saved_shapes(x, h0, c0, w_hr, g_ih, zc, zc_p, T, B) -> dict:
     }
 
 
+# The (T, B, ...) buffers a step writes only where it is live.
+_PER_STEP = ("gates", "tc", "r", "cnew", "ghat", "grstd", "chat", "crstd")
+
 _ARGS = (
     "Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
     "Tensor? w_hr, Tensor? lengths, bool reverse, str impl, bool save, bool variant, "
@@ -128,6 +131,14 @@ def lstm_layer(
         loops, x.contiguous(), h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex
     )
     state += (None,) * (len(_bptt.STATE) - len(state))  # the plain LSTM's: no variant aux
+    if state[5] is not None:
+        # The native loops skip dead steps, leaving those rows of the per-step buffers
+        # unwritten; zero them so that the op's outputs are deterministic (the backward
+        # never reads them).
+        dead = ~state[5]
+        for k, t in zip(_bptt.STATE, state, strict=True):
+            if t is not None and k in _PER_STEP:
+                t[dead] = 0
     kept = (t for k, t in zip(_bptt.STATE, state, strict=True) if k != "mask")
     return (out, h_n, c_n, *(x.new_empty(0) if t is None else t for t in kept))
 
