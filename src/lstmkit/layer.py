@@ -312,6 +312,12 @@ def _check_lengths(lengths, T: int, B: int, unbatched: bool) -> Tensor:
         raise ValueError(
             f"lengths must have shape ({B},), one per sequence, got {tuple(lengths.shape)}"
         )
+    if torch.compiler.is_compiling():
+        # Traced (torch.compile, torch.export): the values are not known here, so the check
+        # is an assert in the graph, raising RuntimeError with this message when it runs.
+        ok = ((lengths >= 1) & (lengths <= T)).all()
+        torch._assert_async(ok, "lengths must be in 1..T, the sequence length")
+        return lengths
     if (lengths < 1).any():
         raise ValueError(f"lengths must be positive, got min {int(lengths.min())}")
     if (lengths > T).any():

@@ -78,6 +78,12 @@ _REGISTRY: dict[str, _Entry] = {
 }
 
 
+def shown(n) -> str:
+    """A size for a reason string: its value, or "traced" under torch.compile/export, where
+    it may be a symbol (formatting it would specialise it: a recompile for every new size)."""
+    return "traced" if torch.compiler.is_compiling() else str(n)
+
+
 def lacking(req: Request, supported: frozenset[str] | set[str]) -> str | None:
     """The first variant feature of ``req`` outside ``supported``, as an ``unsupported``
     answer ("variant layer_norm"), or None."""
@@ -97,8 +103,15 @@ def names() -> list[str]:
     return ["auto", *_REGISTRY]
 
 
+_MODULES: dict[str, object] = {}  # name -> imported module
+
+
 def _load(name: str):
-    return importlib.import_module(_REGISTRY[name].module)
+    # A dict lookup once imported: torch.compile traces this, and not importlib.
+    mod = _MODULES.get(name)
+    if mod is None:
+        mod = _MODULES[name] = importlib.import_module(_REGISTRY[name].module)
+    return mod
 
 
 def unsupported(name: str, req: Request) -> str | None:
@@ -130,3 +143,11 @@ def resolve(req: Request, name: str = "auto") -> Choice:
     if why is not None:
         raise BackendError(f"backend {name!r} does not support {why}")
     return Choice(name, _load(name).run, "asked for by name")
+
+
+# The CPU backends are light to import (native compiles only at its first use): import them
+# now, so that code traced by torch.compile finds them in _MODULES. _ops registers the
+# lstmkit::lstm_layer custom ops, which a process loading a torch.export-ed model needs.
+for _name in ("reference", "fused", "native"):
+    _load(_name)
+from lstmkit.backends import _ops  # noqa: E402, F401

@@ -92,6 +92,10 @@ def time_mask(lengths: Tensor | None, T: int, device) -> Tensor | None:
     return (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).to(device)
 
 
+# The saved buffers of the variants' loops (``aux`` in Loops.forward).
+_AUX_KEYS = ("cnew", "ghat", "grstd", "chat", "crstd")
+
+
 def _outputs(hbuf: Tensor, c_n: Tensor, mask: Tensor | None, reverse: bool, saved: bool):
     """(out (T, B, P) zero on dead steps, h_n (B, P), c_n) from the state buffer.
 
@@ -157,6 +161,71 @@ def _chunk(ex, t0: int, t1: int):
     return dataclasses.replace(ex, **z)
 
 
+# What a training forward keeps for the backward, in this order (None where unused):
+# the activated gates (T, B, 4H), hbuf, cbuf, tc, r, the (T, B) time mask, the input
+# projection's normalised rows and 1/std (layer norm), and the variants' aux (see Loops).
+STATE = ("gates", "hbuf", "cbuf", "tc", "r", "mask", "xhat", "rstd", *_AUX_KEYS)
+
+
+def forward_train(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex):
+    """The forward that keeps what :func:`backward_train` needs: (out, h_n, c_n, state), state
+    a tuple in :data:`STATE`'s order (its first 8 only for the plain LSTM: tuples and no
+    dicts, as this is eager training's path); ``x`` must be contiguous."""
+    xhat = rstd = None
+    if ex is None or ex.layer_norm is None:
+        xg = input_projection(x, w_ih, b_ih, b_hh)
+    else:
+        xg, xhat, rstd = normed_projection(loops, x, w_ih, b_ih, b_hh, ex.layer_norm[0], True)
+    mask = time_mask(lengths, x.size(0), x.device)
+    hbuf, c_n, cbuf, tc, r, *aux = loops.forward(
+        xg, h0, c0, w_hh, w_hr, mask, reverse, True, *([ex] if ex is not None else [])
+    )
+    state = (xg, hbuf, cbuf, tc, r, mask, xhat, rstd)
+    if aux:
+        state += tuple(aux[0].get(k) for k in _AUX_KEYS)
+    return (*_outputs(hbuf, c_n, mask, reverse, saved=True), state)
+
+
+def backward_train(loops: Loops, x, w_ih, w_hh, w_hr, state, dout, dh_n, dc_n, needs, has_bias,
+                   reverse, ex):  # fmt: skip
+    """The gradients of :class:`LSTMFunction`'s first 13 inputs (x, h0, c0, w_ih, w_hh, b_ih,
+    b_hh, w_hr, peep, g_ih, g_hh, g_c, b_c), None where ``needs[i]`` is False or unused."""
+    gates, hbuf, cbuf, tc, r, mask, xhat, rstd = state[:8]
+    T, B, I = x.shape
+    if dout is not None:
+        dout = dout.contiguous()
+    extra = []
+    if ex is not None:
+        extra = [ex, {k: t for k, t in zip(_AUX_KEYS, state[8:], strict=True) if t is not None}]
+    dG, dht, dh0, dc0, *vgrads = loops.backward(
+        dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, *extra
+    )
+    vg = vgrads[0] if vgrads else {}
+    dG2 = dG.view(T * B, -1)
+    hprev = hbuf[1:] if reverse else hbuf[:-1]  # the state each step read
+    if ex is not None and ex.h_mask is not None:
+        hprev = hprev * ex.h_mask  # the gates read h ⊙ m
+    dgh = vg.get("dgh", dG).view(T * B, -1)  # gradient of h·W_hh^T (layer norm: raw)
+    dxg = dG2  # gradient of x·W_ih^T
+    dg_ih = None
+    if xhat is not None:
+        dxg, dg_ih = loops.norm_rows_backward(dG, ex.layer_norm[0], xhat, rstd)
+        dxg = dxg.view(T * B, -1)
+    dx = torch.mm(dxg, w_ih).view(T, B, I) if needs[0] else None
+    dw_ih = torch.mm(dxg.t(), x.view(T * B, I)) if needs[3] else None
+    dw_hh = torch.mm(dgh.t(), hprev.reshape(T * B, -1)) if needs[4] else None
+    db = dG2.sum(0) if has_bias and (needs[5] or needs[6]) else None
+    dw_hr = None
+    if w_hr is not None and needs[7]:
+        dw_hr = torch.mm(dht.view(T * B, -1).t(), r.view(T * B, -1))
+    dh0 = dh0 if needs[1] else None
+    dc0 = dc0 if needs[2] else None
+    db2 = None if db is None else db.clone()  # each bias gets its own gradient tensor
+    dvar = [vg.get(k) if needs[i] else None for i, k in enumerate(_VGRADS, start=8)]
+    dg_ih = dg_ih if needs[9] else None
+    return (dx, dh0, dc0, dw_ih, dw_hh, db, db2, dw_hr, dvar[0], dg_ih, *dvar[2:])
+
+
 class LSTMFunction(torch.autograd.Function):
     """One layer, one direction, with a handwritten backward through time.
 
@@ -169,58 +238,21 @@ class LSTMFunction(torch.autograd.Function):
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, g_ih, g_hh, g_c, b_c,
                 lengths, reverse, loops, ex):  # fmt: skip
         x = x.contiguous()
-        xhat = rstd = None
-        if g_ih is None:
-            xg = input_projection(x, w_ih, b_ih, b_hh)
-        else:
-            xg, xhat, rstd = normed_projection(loops, x, w_ih, b_ih, b_hh, g_ih, True)
-        mask = time_mask(lengths, x.size(0), x.device)
-        hbuf, c_n, cbuf, tc, r, *aux = loops.forward(
-            xg, h0, c0, w_hh, w_hr, mask, reverse, True, *([ex] if ex is not None else [])
+        out, h_n, c_n, state = forward_train(
+            loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex
         )
-        ctx.save_for_backward(x, w_ih, w_hh, w_hr, xg, hbuf, cbuf, tc, r, mask, xhat, rstd)
-        ctx.reverse, ctx.loops, ctx.has_bias = reverse, loops, b_ih is not None
-        ctx.ex, ctx.aux = ex, aux[0] if aux else None
+        ctx.save_for_backward(x, w_ih, w_hh, w_hr, *state)
+        ctx.reverse, ctx.loops, ctx.has_bias, ctx.ex = reverse, loops, b_ih is not None, ex
         ctx.set_materialize_grads(False)
-        return _outputs(hbuf, c_n, mask, reverse, saved=True)
+        return out, h_n, c_n
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dh_n, dc_n):
-        x, w_ih, w_hh, w_hr, gates, hbuf, cbuf, tc, r, mask, xhat, rstd = ctx.saved_tensors
-        reverse, needs, ex = ctx.reverse, ctx.needs_input_grad, ctx.ex
-        T, B, I = x.shape
-        if dout is not None:
-            dout = dout.contiguous()
-        extra = [ex, ctx.aux] if ex is not None else []
-        dG, dht, dh0, dc0, *vgrads = ctx.loops.backward(
-            dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, *extra
-        )
-        vg = vgrads[0] if vgrads else {}
-        dG2 = dG.view(T * B, -1)
-        hprev = hbuf[1:] if reverse else hbuf[:-1]  # the state each step read
-        if ex is not None and ex.h_mask is not None:
-            hprev = hprev * ex.h_mask  # the gates read h ⊙ m
-        dgh = vg.get("dgh", dG).view(T * B, -1)  # gradient of h·W_hh^T (layer norm: raw)
-        dxg = dG2  # gradient of x·W_ih^T
-        dg_ih = None
-        if xhat is not None:
-            dxg, dg_ih = ctx.loops.norm_rows_backward(dG, ex.layer_norm[0], xhat, rstd)
-            dxg = dxg.view(T * B, -1)
-        dx = torch.mm(dxg, w_ih).view(T, B, I) if needs[0] else None
-        dw_ih = torch.mm(dxg.t(), x.view(T * B, I)) if needs[3] else None
-        dw_hh = torch.mm(dgh.t(), hprev.reshape(T * B, -1)) if needs[4] else None
-        db = dG2.sum(0) if ctx.has_bias and (needs[5] or needs[6]) else None
-        dw_hr = None
-        if w_hr is not None and needs[7]:
-            dw_hr = torch.mm(dht.view(T * B, -1).t(), r.view(T * B, -1))
-        dh0 = dh0 if needs[1] else None
-        dc0 = dc0 if needs[2] else None
-        db2 = None if db is None else db.clone()  # each bias gets its own gradient tensor
-        dvar = [vg.get(k) if needs[i] else None for i, k in enumerate(_VGRADS, start=8)]
-        dg_ih = dg_ih if needs[9] else None
-        return (dx, dh0, dc0, dw_ih, dw_hh, db, db2, dw_hr, dvar[0], dg_ih, *dvar[2:],
-                None, None, None, None)  # fmt: skip
+        x, w_ih, w_hh, w_hr, *state = ctx.saved_tensors
+        grads = backward_train(ctx.loops, x, w_ih, w_hh, w_hr, state, dout, dh_n, dc_n,
+                               ctx.needs_input_grad, ctx.has_bias, ctx.reverse, ctx.ex)  # fmt: skip
+        return (*grads, None, None, None, None)
 
 
 # The variant parameters' gradients a loops backward returns, in LSTMFunction's input order
@@ -233,6 +265,12 @@ def run_with(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, rev
     peep = None if ex is None else ex.peephole
     ln = (None,) * 4 if ex is None or ex.layer_norm is None else ex.layer_norm
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, *ln)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if torch.compiler.is_compiling():  # torch.compile / torch.export: one custom op
+        from lstmkit.backends import _ops
+
+        return _ops.run(loops.name, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
+                        ex, save)  # fmt: skip
+    if save:
         return LSTMFunction.apply(*tensors, lengths, reverse, loops, ex)
     return forward_no_grad(loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex)

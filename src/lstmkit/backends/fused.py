@@ -29,6 +29,8 @@ def _slots(T: int, reverse: bool):
 class _PythonLoops:
     """The per-step recurrences as a Python loop over in-place torch ops."""
 
+    name = "fused"  # for lstmkit::lstm_layer (see ._ops)
+
     @staticmethod
     def forward(xg, h0, c0, w_hh, w_hr, mask, reverse, save, ex=None):
         if ex is not None:

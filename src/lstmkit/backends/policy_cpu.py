@@ -20,7 +20,10 @@ from __future__ import annotations
 def _size(req) -> str:
     proj = f" P={req.P}" if req.P else ""
     var = f", variants {'+'.join(sorted(req.features))}" if req.features else ""
-    return f"cpu {str(req.dtype).replace('torch.', '')}, T={req.T} B={req.B} H={req.H}{proj}{var}"
+    from lstmkit.backends import shown
+
+    dtype = str(req.dtype).replace("torch.", "")
+    return f"cpu {dtype}, T={shown(req.T)} B={shown(req.B)} H={req.H}{proj}{var}"
 
 
 def auto_cpu(req) -> tuple[str, str]:

@@ -23,7 +23,7 @@ import torch
 
 def auto_cuda(req) -> tuple[str, str]:
     """(backend name, reason) for a request on a CUDA device."""
-    from lstmkit.backends import unsupported
+    from lstmkit.backends import shown, unsupported
 
     why = unsupported("triton", req)
     if req.features:  # cuDNN runs only the plain LSTM
@@ -33,7 +33,7 @@ def auto_cuda(req) -> tuple[str, str]:
         return "fused", f"cuda: variants {feats} (cudnn has none; triton cannot run {why})"
     if why is not None:
         return "cudnn", f"cuda: triton cannot run this ({why})"
-    size = f"hidden {req.H}, batch {req.B}"
+    size = f"hidden {req.H}, batch {shown(req.B)}"
     if req.dtype == torch.bfloat16 and 256 <= req.H <= 1024 and req.B <= 64:
         return "triton", f"cuda: bfloat16 at {size} (triton measured faster on H100)"
     from lstmkit.backends.triton import tf32_enabled

@@ -1,6 +1,10 @@
 """The reference backend: the time loop over :func:`lstmkit.cell.lstm_cell`, plain autograd.
 
 Slow and obviously right; it runs anything torch can run (any device, any float dtype).
+
+Under torch.compile the loop is unrolled, so T is specialised: each new T compiles again
+(B stays dynamic), and a long T compiles slowly. torch.export needs a static T here (the
+fused and native backends export with a dynamic T, through one custom op per layer).
 """
 
 from __future__ import annotations
@@ -20,6 +24,13 @@ def run(
 ):
     """One layer, one direction; see :mod:`lstmkit.backends` for shapes and semantics."""
     T = x.size(0)
+    if torch.compiler.is_exporting() and isinstance(T, torch.SymInt):
+        from lstmkit.backends import BackendError
+
+        raise BackendError(
+            "backend 'reference' loops over T in Python, so torch.export needs a static T "
+            "(Dim.STATIC); the fused and native backends export with a dynamic T"
+        )
     h, c = h0, c0
     alive = None if lengths is None else lengths.to(x.device)
     outs: list[Tensor] = [x.new_empty(0)] * T

@@ -98,6 +98,9 @@ def load():
     return _ext
 
 
+# Traced code (torch.compile) asks this once, at trace time, and keeps the answer: building
+# the extension is not something to trace.
+@torch.compiler.assume_constant_result
 def available() -> bool:
     """Whether the C++ extension is (or can be) built; compiles it on first call."""
     return load() is not None
@@ -126,8 +129,10 @@ def _variant_args(ex) -> list:
 _AUX = ("cnew", "ghat", "grstd", "chat", "crstd")
 
 
-class _NativeLoops:
+class NativeLoops:
     """The Loops protocol of :mod:`._bptt` over the C++ extension."""
+
+    name = "native"  # for lstmkit::lstm_layer (see ._ops)
 
     def __init__(self, ext):
         self.ext = ext
@@ -173,13 +178,12 @@ def run(
 
     x (T, B, I), h0 (B, P or H), c0 (B, H) -> out (T, B, P or H), h_n, c_n.
     """
-    ext = load()
-    if ext is None:
+    if not available():
         return fused.run(
             x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras
         )
     return _bptt.run_with(
-        _NativeLoops(ext),
+        NativeLoops(_ext),
         x,
         h0,
         c0,
