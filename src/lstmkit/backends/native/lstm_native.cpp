@@ -408,6 +408,24 @@ void forward_impl(T* xg, T* hbuf, T* cbuf, T* tc, T* r, const T* w_hh, const T* 
   }
 }
 
+// Through the projection h = r W_hr^T at step t: keeps dh as dht[t] (zero on dead rows, for
+// dW_hr after the loop) and returns dr = dh W_hr in dr_buf.
+template <typename T>
+const T* projection_backward(const T* dh, T* dht, const T* w_hr, const Steps& st, int t, int n,
+                             int H, int P, T* dr_buf) {
+  const int B = st.B;
+  T* dhtt = dht + (int64_t)t * B * P;
+  for (int b = 0; b < B; ++b) {
+    if (b < n && st.live(t, b)) {
+      std::memcpy(dhtt + b * P, dh + b * P, sizeof(T) * P);
+    } else {
+      std::fill(dhtt + b * P, dhtt + (b + 1) * P, T(0));
+    }
+  }
+  if (n > 0) mm_nn<T>(n, H, P, dh, w_hr, dr_buf);  // dr = dh W_hr
+  return dr_buf;
+}
+
 template <typename T>
 void backward_impl(const T* dout, T* dh, T* dc, const T* gates, const T* cbuf, const T* tc,
                    T* dG, T* dht, const T* w_hh, const T* w_hr, const Steps& st, int H, int P,
@@ -426,19 +444,7 @@ void backward_impl(const T* dout, T* dh, T* dc, const T* gates, const T* cbuf, c
         if (st.live(t, b))  // out is constant zero on dead steps: their gradient is dropped
           for (int j = 0; j < P; ++j) dh[b * P + j] += d[b * P + j];
     }
-    const T* dr = dh;
-    if (proj) {
-      T* dhtt = dht + (int64_t)t * B * P;
-      for (int b = 0; b < B; ++b) {
-        if (b < n && st.live(t, b)) {
-          std::memcpy(dhtt + b * P, dh + b * P, sizeof(T) * P);
-        } else {
-          std::fill(dhtt + b * P, dhtt + (b + 1) * P, T(0));
-        }
-      }
-      if (n > 0) mm_nn<T>(n, H, P, dh, w_hr, dr_buf);  // dr = dh W_hr
-      dr = dr_buf;
-    }
+    const T* dr = proj ? projection_backward(dh, dht, w_hr, st, t, n, H, P, dr_buf) : dh;
     for (int b = 0; b < B; ++b) {
       if (b < n && st.live(t, b)) {
         gates_backward(H, g + b * G, cp + b * H, tct + b * H, dr + b * H, dc + b * H,
@@ -851,19 +857,7 @@ void backward_var_impl(const T* dout, T* dh, T* dc, const T* gates, const T* cbu
       }
       dhn = vg.dhn;
     }
-    const T* dr = dhn;
-    if (proj) {
-      T* dhtt = dht + (int64_t)t * B * P;
-      for (int b = 0; b < B; ++b) {
-        if (b < n && st.live(t, b)) {
-          std::memcpy(dhtt + b * P, dhn + b * P, sizeof(T) * P);
-        } else {
-          std::fill(dhtt + b * P, dhtt + (b + 1) * P, T(0));
-        }
-      }
-      if (n > 0) mm_nn<T>(n, H, P, dhn, w_hr, dr_buf);
-      dr = dr_buf;
-    }
+    const T* dr = proj ? projection_backward(dhn, dht, w_hr, st, t, n, H, P, dr_buf) : dhn;
     for (int b = 0; b < B; ++b) {
       if (b < n && st.live(t, b)) {
         const int64_t row = (int64_t)t * B + b;
