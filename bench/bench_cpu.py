@@ -228,7 +228,8 @@ def run(grid, modes=("infer", "train"), budget_s=2.0, min_reps=3, log=print) -> 
     t0 = time.perf_counter()
     limits = probe_machine()
     peak, bw = limits["peak_gflops"], limits["bandwidth_gbs"]
-    log(f"machine: {peak:.0f} GFLOP/s peak GEMM, {bw:.1f} GB/s copy")
+    cache = limits["cache_gbs"]
+    log(f"machine: {peak:.0f} GFLOP/s peak GEMM, {bw:.1f} GB/s copy, {cache:.0f} GB/s cache")
     for H, B, T in grid:
         if T * B * H * H > MAX_WORK:
             log(f"skip H={H} B={B} T={T}: T*B*H^2 above {MAX_WORK:.0e} (minutes per repetition)")
@@ -260,9 +261,21 @@ def run(grid, modes=("infer", "train"), budget_s=2.0, min_reps=3, log=print) -> 
     }
 
 
+def _cache_bytes() -> int:
+    """The last-level cache's size (Linux sysfs), or 8 MB where it cannot be read."""
+    for level in (3, 2):
+        try:
+            raw = Path(f"/sys/devices/system/cpu/cpu0/cache/index{level}/size").read_text()
+            return int(raw.strip().rstrip("K")) * 1024
+        except (OSError, ValueError):
+            continue
+    return 8 << 20
+
+
 def probe_machine(seconds: float = 0.5) -> dict:
     """This machine's limits at torch's thread count: peak fp32 GFLOP/s (a large GEMM, the
-    best the BLAS reaches) and memory bandwidth in GB/s (copying 256 MB, read + write)."""
+    best the BLAS reaches), memory bandwidth in GB/s (copying 256 MB, read + write), and the
+    bandwidth of the last-level cache (copying a quarter of it over and over)."""
 
     def best(fn, reps_min=3):
         fn()
@@ -279,7 +292,20 @@ def probe_machine(seconds: float = 0.5) -> dict:
     src = torch.ones(64 << 20)
     dst = torch.empty_like(src)
     gbs = 2 * src.numel() * 4 / best(lambda: dst.copy_(src)) / 1e9
-    return {"peak_gflops": gflops, "bandwidth_gbs": gbs}
+    cache = _cache_bytes()
+    small, small_dst = torch.ones(cache // 32), torch.empty(cache // 32)  # 1/8 of it each
+
+    def copies():
+        for _ in range(16):
+            small_dst.copy_(small)
+
+    cache_gbs = 16 * 2 * small.numel() * 4 / best(copies) / 1e9
+    return {
+        "peak_gflops": gflops,
+        "bandwidth_gbs": gbs,
+        "cache_bytes": cache,
+        "cache_gbs": cache_gbs,
+    }
 
 
 def roofline(H: int, B: int, T: int, mode: str, seconds: float, limits: dict) -> dict:
@@ -287,18 +313,23 @@ def roofline(H: int, B: int, T: int, mode: str, seconds: float, limits: dict) ->
 
     Work: the GEMM flops, 2·B·4H·(I + H) per step forward (I = H here), three times that to
     train (forward, the gradients of the inputs and states, and of the weights). Traffic per
-    step, a lower bound: weight_hh read once (it is re-read every step; it only stays in cache
-    when small), the gates written and read back, and h and c (4 bytes each; twice to train).
-    The bound is the larger of work / peak and traffic / bandwidth; "of limit" is bound / time.
+    step, a lower bound: weight_hh read once (every step re-reads it: from the last-level
+    cache at its bandwidth when it fits there, else from memory), and from memory the gates
+    written and read back and h and c (4 bytes each; all twice to train). The bound is the
+    larger of work / peak and traffic time; "of limit" is bound / time.
     """
     G = 4 * H
+    passes = 2 if mode == "train" else 1
     flops = 2 * B * G * (2 * H) * T * (3 if mode == "train" else 1)
-    bytes_ = (G * H + 2 * B * G + 4 * B * H) * 4 * T * (2 if mode == "train" else 1)
+    weight_bytes = G * H * 4 * T * passes
+    act_bytes = (2 * B * G + 4 * B * H) * 4 * T * passes
+    fits = limits.get("cache_bytes", 0) >= G * H * 4
+    weight_bw = limits["cache_gbs"] if fits else limits["bandwidth_gbs"]
     compute_s = flops / (limits["peak_gflops"] * 1e9)
-    memory_s = bytes_ / (limits["bandwidth_gbs"] * 1e9)
+    memory_s = weight_bytes / (weight_bw * 1e9) + act_bytes / (limits["bandwidth_gbs"] * 1e9)
     return {
         "gflops": flops / seconds / 1e9,
-        "gbs": bytes_ / seconds / 1e9,
+        "gbs": (weight_bytes + act_bytes) / seconds / 1e9,
         "bound": "compute" if compute_s >= memory_s else "memory",
         "of_limit": max(compute_s, memory_s) / seconds,
     }
@@ -316,7 +347,8 @@ def markdown(result: dict) -> str:
         f"CPU: {m['cpu']}, torch threads: {m['threads']}, torch {m['torch']}"
         + (
             f"; measured limits: {m['peak_gflops']:.0f} GFLOP/s (GEMM), "
-            f"{m['bandwidth_gbs']:.1f} GB/s (copy)"
+            f"{m['bandwidth_gbs']:.1f} GB/s (memory copy), "
+            f"{m.get('cache_gbs', 0):.0f} GB/s (last-level cache copy)"
             if "peak_gflops" in m
             else ""
         ),
