@@ -118,6 +118,30 @@ def _step(model: nn.Module, x, gout, mode: str) -> float:
     return time.perf_counter() - t0
 
 
+def time_round_robin(models, x, gout, mode, budget_s, min_reps, max_reps, warm=None):
+    """Seconds of each repetition of each model ({name: [s, ...]}), the models interleaved
+    round robin after one warm-up step each (on ``warm`` = (x, gout) if given: first-call
+    costs, allocator, oneDNN primitives, extension load), until ``budget_s`` is spent and at
+    least ``min_reps`` rounds ran; the garbage collector is off meanwhile, since a collection
+    inside one contestant's timing would be charged to it."""
+    times: dict[str, list[float]] = {n: [] for n in models}
+    gc.collect()
+    gc.disable()
+    try:
+        wx, wg = warm or (x, gout)
+        for m in models.values():
+            _step(m, wx, wg, mode)
+        start = time.perf_counter()
+        for rep in range(max_reps):
+            if rep >= min_reps and time.perf_counter() - start > budget_s:
+                break
+            for n, m in models.items():
+                times[n].append(_step(m, x, gout, mode))
+    finally:
+        gc.enable()
+    return times
+
+
 def bench_cell(H, B, T, mode, names, budget_s=2.0, min_reps=3, max_reps=200, seed=0) -> dict:
     """Median seconds per contestant for one (H, B, T, mode) cell, interleaved round robin.
 
@@ -134,24 +158,10 @@ def bench_cell(H, B, T, mode, names, budget_s=2.0, min_reps=3, max_reps=200, see
         pick = models["auto"].backend_choice(x)[0]
         if pick in models:
             aliased[pick] = "auto"
-    timed = [n for n in names if n not in aliased]
-    times: dict[str, list[float]] = {n: [] for n in timed}
-    gc.collect()
-    gc.disable()  # a collection inside one contestant's timing would be charged to it
-    try:
-        # Warm-up: first-call costs (allocator, oneDNN primitives, extension load). A few
-        # steps suffice; a full repetition of a big cell would cost seconds.
-        wx, wg = (x[:4], gout[:4]) if big else (x, gout)
-        for n in timed:
-            _step(models[n], wx, wg, mode)
-        start = time.perf_counter()
-        for rep in range(max_reps):
-            if rep >= min_reps and time.perf_counter() - start > budget_s:
-                break
-            for n in timed:
-                times[n].append(_step(models[n], x, gout, mode))
-    finally:
-        gc.enable()
+    timed = {n: models[n] for n in names if n not in aliased}
+    # A few warm-up steps suffice in big cells; a full repetition would cost seconds.
+    warm = (x[:4], gout[:4]) if big else None
+    times = time_round_robin(timed, x, gout, mode, budget_s, min_reps, max_reps, warm)
     cell = {"H": H, "B": B, "T": T, "mode": mode}
     cell["median_s"] = {n: statistics.median(v) for n, v in times.items()}
     cell["reps"] = {n: len(v) for n, v in times.items()}

@@ -17,7 +17,6 @@ variant as a Python loop). Prints markdown tables and writes JSON.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import statistics
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cpu import _step, cpu_name  # noqa: E402
+from bench_cpu import cpu_name, time_round_robin  # noqa: E402
 
 import lstmkit  # noqa: E402
 
@@ -61,20 +60,7 @@ def bench_cell(H, B, T, mode, kw, budget_s, min_reps=3, max_reps=100) -> dict:
     for m in models.values():
         m.train(mode == "train")
     x, gout = torch.randn(T, B, H), torch.randn(T, B, H)
-    times: dict[str, list[float]] = {n: [] for n in models}
-    gc.collect()
-    gc.disable()
-    try:
-        for m in models.values():
-            _step(m, x, gout, mode)
-        start = time.perf_counter()
-        for rep in range(max_reps):
-            if rep >= min_reps and time.perf_counter() - start > budget_s:
-                break
-            for n, m in models.items():
-                times[n].append(_step(m, x, gout, mode))
-    finally:
-        gc.enable()
+    times = time_round_robin(models, x, gout, mode, budget_s, min_reps, max_reps)
     med = {n: statistics.median(v) for n, v in times.items()}
     cell = {"H": H, "B": B, "T": T, "mode": mode, "median_s": med}
     cell["auto_pick"] = models["auto"].backend_choice(x)[0]

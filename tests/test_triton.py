@@ -7,32 +7,18 @@ Sizes are tiny: the interpreter runs every program of the grid one after another
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
+from conftest import interpreted_triton_kernels  # noqa: E402
+
 from lstmkit import LSTM, BackendError  # noqa: E402
 from lstmkit.backends import Request, reference  # noqa: E402
 from lstmkit.backends import triton as tb  # noqa: E402
 
-_saved = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"
-try:
-    _name = "lstmkit.backends._triton_kernels"
-    if _name in sys.modules and not sys.modules[_name].INTERPRETED:
-        kernels = importlib.reload(sys.modules[_name])  # compiled for a GPU: useless on the CPU
-    else:
-        kernels = importlib.import_module(_name)
-finally:
-    if _saved is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = _saved
+kernels = interpreted_triton_kernels()
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 

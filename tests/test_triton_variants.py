@@ -9,7 +9,6 @@ Sizes are tiny: the interpreter runs every program of the grid one after another
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import sys
 
@@ -18,24 +17,14 @@ import torch
 
 pytest.importorskip("triton")
 
+from conftest import interpreted_triton_kernels  # noqa: E402
+
 from lstmkit import LSTM, BackendError  # noqa: E402
 from lstmkit.backends import Request, policy_cuda, reference, resolve  # noqa: E402
 from lstmkit.backends import triton as tb  # noqa: E402
 from lstmkit.variants import FEATURES, CellExtras  # noqa: E402
 
-_saved = os.environ.get("TRITON_INTERPRET")
-os.environ["TRITON_INTERPRET"] = "1"  # only while the kernels are imported (see test_triton)
-try:
-    _name = "lstmkit.backends._triton_kernels"
-    if _name in sys.modules and not sys.modules[_name].INTERPRETED:
-        kernels = importlib.reload(sys.modules[_name])
-    else:
-        kernels = importlib.import_module(_name)
-finally:
-    if _saved is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = _saved
+kernels = interpreted_triton_kernels()
 
 TOL = {"atol": 2e-5, "rtol": 2e-5}
 

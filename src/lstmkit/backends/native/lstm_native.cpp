@@ -408,6 +408,16 @@ void forward_impl(T* xg, T* hbuf, T* cbuf, T* tc, T* r, const T* w_hh, const T* 
   }
 }
 
+// dh += dout[t] on the live rows: out is constant zero on dead steps, so their gradient is
+// dropped.
+template <typename T>
+void add_output_grad(const T* dout, T* dh, const Steps& st, int t, int n, int P) {
+  const T* d = dout + (int64_t)t * st.B * P;
+  for (int b = 0; b < n; ++b)
+    if (st.live(t, b))
+      for (int j = 0; j < P; ++j) dh[b * P + j] += d[b * P + j];
+}
+
 // Through the projection h = r W_hr^T at step t: keeps dh as dht[t] (zero on dead rows, for
 // dW_hr after the loop) and returns dr = dh W_hr in dr_buf.
 template <typename T>
@@ -438,12 +448,7 @@ void backward_impl(const T* dout, T* dh, T* dc, const T* gates, const T* cbuf, c
     const T* cp = cbuf + (int64_t)st.read(t) * B * H;
     const T* tct = tc + (int64_t)t * B * H;
     T* dg = dG + (int64_t)t * B * G;
-    if (dout) {
-      const T* d = dout + (int64_t)t * B * P;
-      for (int b = 0; b < n; ++b)
-        if (st.live(t, b))  // out is constant zero on dead steps: their gradient is dropped
-          for (int j = 0; j < P; ++j) dh[b * P + j] += d[b * P + j];
-    }
+    if (dout) add_output_grad(dout, dh, st, t, n, P);
     const T* dr = proj ? projection_backward(dh, dht, w_hr, st, t, n, H, P, dr_buf) : dh;
     for (int b = 0; b < B; ++b) {
       if (b < n && st.live(t, b)) {
@@ -841,12 +846,7 @@ void backward_var_impl(const T* dout, T* dh, T* dc, const T* gates, const T* cbu
     const T* tct = tc + (int64_t)t * B * H;
     T* dg = dG + (int64_t)t * B * G;
     T* dgh = v.ln() ? vg.dgh + (int64_t)t * B * G : dg;
-    if (dout) {
-      const T* d = dout + (int64_t)t * B * P;
-      for (int b = 0; b < n; ++b)
-        if (st.live(t, b))
-          for (int j = 0; j < P; ++j) dh[b * P + j] += d[b * P + j];
-    }
+    if (dout) add_output_grad(dout, dh, st, t, n, P);
     // dh_new = dh (1 - z_h): the gradient reaching this step's fresh h.
     const T* dhn = dh;
     if (v.zone_h()) {
