@@ -27,7 +27,8 @@ from lstmkit.errors import ConfigError, RunDirError
 from lstmkit.model import SequenceModel
 from lstmkit.scaling import Scaler
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every task's own options in a section of its own ([csv] ...)
+READABLE = (1, 2)
 CONFIG, WEIGHTS, SCALER, METRICS, STATE = (
     "config.json",
     "model.safetensors",
@@ -151,13 +152,13 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
         raise RunDirError(f"run directory {path} is incomplete: missing {', '.join(missing)}")
     meta = _read_json(path / CONFIG)
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE:
         raise RunDirError(
-            f"{path / CONFIG} has format version {version!r}; this lstmkit reads version "
-            f"{FORMAT_VERSION}"
+            f"{path / CONFIG} has format version {version!r}; this lstmkit reads versions "
+            f"{', '.join(map(str, READABLE))}"
         )
     try:
-        cfg = from_dict(meta["config"], source=str(path / CONFIG))
+        cfg = from_dict(meta["config"], source=str(path / CONFIG), legacy=version == 1)
         task = meta["task"]
         model = build_model(cfg, task)
     except ConfigError as e:

@@ -27,7 +27,7 @@ from lstmkit.checkpoint import (
     save_state,
     save_weights,
 )
-from lstmkit.config import RunConfig, check_new_run, validate
+from lstmkit.config import RunConfig, validate
 from lstmkit.errors import ConfigError, RunDirError, TrainingError
 from lstmkit.scaling import Scaler
 
@@ -51,17 +51,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is 'cuda' but no CUDA device is available")
     return torch.device(name)
-
-
-def task_facts(td: tasks.TaskData) -> dict:
-    """What a run directory must remember about its task (saved in config.json)."""
-    return {
-        "input_size": td.input_size,
-        "output_size": td.output_size,
-        "kind": td.kind,
-        "tokens": td.tokens,
-        "meta": td.meta,
-    }
 
 
 def make_scaler(cfg: RunConfig, td: tasks.TaskData) -> Scaler:
@@ -188,18 +177,18 @@ def train(
 
 def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Result:
     if not resume:  # refuse a bad config before anything is written
-        cfg = tasks.resolve(validate(cfg))  # None fields: the task's defaults, saved resolved
-        check_new_run(cfg)
+        tasks.check_options(validate(cfg))
+        cfg = tasks.resolve(cfg)  # None fields: the task's defaults, saved resolved
     work = distributed.on_main(ctx, _prepare_dir, out, resume, overwrite)
     if resume:  # the saved config is the one to continue (load_run also checks the run)
         cfg = tasks.resolve(validate(load_run(out).config))
     device = distributed.train_device(ctx, pick_device(cfg.train.device))
-    td = tasks.make(cfg.data, cfg.train.seed)
+    td = tasks.make(cfg, cfg.train.seed)
     scaler = make_scaler(cfg, td)
     # training windows are encoded a batch at a time (a long series' windows are views of
     # one tensor; encoding them all at once would copy each value L times)
     train_split, val_split = td.train, encode(td.val, scaler)
-    facts = task_facts(td)
+    facts = td.facts.to_dict()
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, facts).to(device)
     fv = td.forecast_val
