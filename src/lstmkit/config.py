@@ -70,14 +70,14 @@ class ModelConfig:
     # LSTM variants (lstmkit.variants.Variant checks them; all off: the plain LSTM)
     forget_bias: float = opt(0.0)  # added to the forget gate's bias at initialisation
     init: str = opt("uniform", choices=("uniform", "chrono"))  # chrono: Tallec & Ollivier 2018
-    t_max: float | None = opt(None, optional=True, above=0.0)  # chrono; None: data.length
+    t_max: float | None = opt(None, optional=True)  # chrono (> 0, variants); None: data.length
     layer_norm: bool = opt(False)
     peephole: bool = opt(False)
     coupled: bool = opt(False)  # f = 1 - i
-    recurrent_dropout: float = opt(0.0, low=0.0, high=1.0)
+    recurrent_dropout: float = opt(0.0)  # in [0, 1): checked by lstmkit.variants
     zoneout: float | list[float] = opt(0.0, pair=True)  # one probability, or [z_c, z_h]
-    weight_drop: float = opt(0.0, low=0.0, high=1.0)
-    cell_clip: float | None = opt(None, optional=True, above=0.0)  # None: no clipping
+    weight_drop: float = opt(0.0)  # in [0, 1): checked by lstmkit.variants
+    cell_clip: float | None = opt(None, optional=True)  # > 0 (variants); None: no clipping
 
     def variant(self) -> dict:
         """The variant options as keyword arguments of ``lstmkit.LSTM``."""
