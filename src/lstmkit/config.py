@@ -274,13 +274,14 @@ def _check_value(section: str, name: str, value) -> None:
         raise ConfigError(f"{where} must be finite, got {v!r}")
     low, high, above = r.get("low"), r.get("high"), r.get("above")
     lo, hi, ab = _num(low), _num(high), _num(above)
-    if (low is not None and v < low) or (high is not None and v > high):
+    too_high = high is not None and v > high
+    if above is not None and (not v > above or too_high):
+        bound = f"> {ab}" + (f" and <= {hi}" if high is not None else "")
+        raise ConfigError(f"{where} must be {bound}, got {short(v)}")
+    if (low is not None and v < low) or too_high:
         if low is not None and high is not None:
             raise ConfigError(f"{where} must be in [{lo}, {hi}], got {short(v)}")
         bound = f">= {lo}" if low is not None else f"<= {hi}"
-        raise ConfigError(f"{where} must be {bound}, got {short(v)}")
-    if above is not None and not v > above:
-        bound = f"> {ab}" + (f" and <= {hi}" if high is not None else "")
         raise ConfigError(f"{where} must be {bound}, got {short(v)}")
     if "choices" in r and v not in r["choices"]:
         raise ConfigError(f"{where} must be one of {', '.join(r['choices'])}; got {short(v)}")
