@@ -87,7 +87,7 @@ CASES = [
     (
         "flag-lr-nan",
         lambda t, g: ["train", "--out", str(t / "n"), "--lr", "nan"],
-        ["train.lr must be finite, got nan"],
+        ["--lr must be a finite number, got 'nan'"],
     ),
     (
         "flag-dropout",
@@ -162,12 +162,12 @@ CASES = [
     (
         "predict-horizon-zero",
         lambda t, g: ["predict", "--run", str(g), "--horizon", "0", "5"],
-        ["horizon must be an integer >= 1, got 0"],
+        ["--horizon must be an integer in 1..100000, got '0'"],
     ),
     (
         "predict-horizon-text",
         lambda t, g: ["predict", "--run", str(g), "--horizon", "x", "5"],
-        ["--horizon", "invalid int value: 'x'"],
+        ["--horizon must be an integer, got 'x'"],
     ),
     (
         "run-missing",

@@ -12,6 +12,8 @@ from lstmkit.checkpoint import Run, write_json
 from lstmkit.errors import DataError
 
 INTERVALS = "intervals.json"
+MAX_HORIZON = 100_000  # steps: beyond, a forecast runs for hours and means nothing
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def _context(run: Run, values) -> torch.Tensor:
@@ -27,7 +29,13 @@ def _context(run: Run, values) -> torch.Tensor:
     bad = [v for v in vals if not math.isfinite(v)]
     if bad:
         raise DataError(f"values must be finite numbers, got {bad[0]}")
-    return torch.tensor(vals, dtype=torch.float32).view(1, -1, 1)
+    x = torch.tensor(vals, dtype=torch.float32).view(1, -1, 1)
+    if not bool(torch.isfinite(x).all()):  # finite as a double, beyond float32's range
+        big = vals[int((~torch.isfinite(x.view(-1))).nonzero()[0])]
+        raise DataError(
+            f"values must be within float32's range (|v| <= {FLOAT32_MAX:.4g}), got {big:g}"
+        )
+    return x
 
 
 def _need_defined(run: Run, n: int, what: str) -> None:
@@ -62,23 +70,39 @@ def forecast(run: Run, values, horizon: int) -> list[float]:
 
     Each step reads the last ``data.length`` values (the window the model was trained on),
     as forecasting tools do with their input chunk."""
-    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-        raise DataError(f"horizon must be an integer >= 1, got {horizon!r}")
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or not 1 <= horizon <= MAX_HORIZON:
+        raise DataError(f"horizon must be an integer in 1..{MAX_HORIZON}, got {horizon!r}")
     x = _context(run, values)
     _need_defined(run, x.size(1), "forecast")
-    return recursive(run.model, run.scaler, x, horizon, run.config.data.length)[0].tolist()
+    fc = recursive(run.model, run.scaler, x, horizon, run.config.data.length)[0]
+    bad = (~torch.isfinite(fc)).nonzero()
+    if bad.numel():
+        raise DataError(
+            f"the forecast leaves the range of numbers at step {int(bad[0]) + 1} of {horizon} "
+            "(the model's values grow without bound); ask for a shorter --horizon"
+        )
+    return fc.tolist()
 
 
 @torch.no_grad()
 def recursive(model, scaler, x: torch.Tensor, horizon: int, window: int) -> torch.Tensor:
     """(N, horizon) forecasts after each context x (N, T, 1), each prediction fed back;
-    every step reads the last ``window`` values (the window the model was trained on)."""
-    for _ in range(horizon):
-        ctx = x[:, -window:]
+    every step reads the last ``window`` values (the window the model was trained on).
+
+    Only that window is kept from step to step, so each step costs O(window) whatever the
+    horizon and the context's length. A forecast that leaves the finite numbers (a model
+    that grows without bound over a long horizon) is NaN from that step on."""
+    ctx = x[:, -window:]
+    out = []
+    for k in range(horizon):
         xs, _ = scaler.encode(ctx)
-        nxt = scaler.decode(model(xs)[:, -1:], ctx)
-        x = torch.cat([x, nxt], dim=1)
-    return x[:, -horizon:, 0]
+        nxt = scaler.decode(model(xs)[:, -1:], ctx)  # (N, 1, 1)
+        out.append(nxt)
+        if not bool(torch.isfinite(nxt).all()):  # fed back, it would poison the scaler
+            out.append(torch.full_like(nxt, math.nan).expand(-1, horizon - k - 1, -1))
+            break
+        ctx = torch.cat([ctx[:, 1 - window :] if window > 1 else ctx[:, :0], nxt], dim=1)
+    return torch.cat(out, dim=1)[:, :, 0]
 
 
 @torch.no_grad()
