@@ -16,8 +16,15 @@ from lstmkit.cli_flags import NUMBER, add_config_flags, float_in, int_in, shown
 from lstmkit.cli_paths import resolve
 from lstmkit.config import SECTIONS, RunConfig, from_dict, load_toml
 from lstmkit.errors import DataError, LstmkitError
-from lstmkit.forecast import MAX_HORIZON
-from lstmkit.generate import MAX_TEMPERATURE, MIN_TEMPERATURE
+from lstmkit.limits import (
+    MAX_CHARS,
+    MAX_HORIZON,
+    MAX_SEED,
+    MAX_STEP,
+    MAX_TEMPERATURE,
+    MAX_WINDOWS,
+    MIN_TEMPERATURE,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,10 +54,6 @@ HELP = {
     "csv": ("FILE", "csv task: the series file (default: the packaged airline series)"),
     "text": ("FILE", "text task: a UTF-8 text file"),
 }
-# Bounds of the flags that are not config fields: large enough for any real use, small
-# enough that a typo cannot run for hours or allocate the machine away.
-MAX_CHARS, MAX_WINDOWS, MAX_STEP = 1_000_000, 1_000, 1_000_000
-MAX_SEED = 2**63 - 1
 
 
 def config_from_args(args) -> RunConfig:

@@ -113,11 +113,6 @@ def flag_name(f: dataclasses.Field) -> str:
     return "--" + f.metadata.get("flag", f.name).replace("_", "-")
 
 
-def choices_of(section: str, name: str):
-    get = getattr(config, "choices_of", None)  # the config module's rule, where it has one
-    return get(section, name) if get else config.CHOICES.get((section, name))
-
-
 def add_config_flags(p: argparse.ArgumentParser, help_texts: dict) -> None:
     """One typed flag per config field, dest ``section.field``, default None so that only the
     flags given override the config file and the defaults; ``--help`` shows the choices and
@@ -127,7 +122,7 @@ def add_config_flags(p: argparse.ArgumentParser, help_texts: dict) -> None:
         defaults = cls()
         for f in dataclasses.fields(cls):
             is_bool = config._field_type(cls, f.name) is bool  # --layer-norm [false]
-            choices = choices_of(section, f.name)
+            choices = config.choices_of(section, f.name)
             metavar, help_ = help_texts.get(f.name, (None, None))
             if metavar is None and not choices:
                 metavar = config._field_type(cls, f.name).__name__.upper()

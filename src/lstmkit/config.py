@@ -141,6 +141,13 @@ TASK_DEFAULT = {
     ("train", "batch_size"),
     ("train", "lr"),
 }
+
+
+def choices_of(section: str, name: str) -> tuple | None:
+    """The values field ``section.name`` allows, or None when any value of its type may do."""
+    return CHOICES.get((section, name))
+
+
 # Fields where None is a setting of its own (not a task default).
 OPTIONAL = {("model", "t_max"), ("model", "cell_clip")}
 # Fields that take one number or a pair of numbers.

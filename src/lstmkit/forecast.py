@@ -10,9 +10,9 @@ import torch
 
 from lstmkit.checkpoint import Run, write_json
 from lstmkit.errors import DataError
+from lstmkit.limits import MAX_HORIZON
 
 INTERVALS = "intervals.json"
-MAX_HORIZON = 100_000  # steps: beyond, a forecast runs for hours and means nothing
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 

@@ -6,10 +6,7 @@ import torch
 
 from lstmkit.checkpoint import Run
 from lstmkit.errors import DataError, RunDirError
-
-# Below 1e-3 sampling is already greedy for any logits a model gives; above 1e3 uniform.
-# Outside, logits / T overflow or underflow a double.
-MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
+from lstmkit.limits import MAX_CHARS, MAX_SEED, MAX_TEMPERATURE, MIN_TEMPERATURE
 
 
 @torch.no_grad()
@@ -25,8 +22,8 @@ def generate(
         raise DataError(
             f"generate needs a run of the text task, got a run of task {run.config.data.task!r}"
         )
-    if isinstance(chars, bool) or not isinstance(chars, int) or chars < 0:
-        raise DataError(f"chars must be an integer >= 0, got {chars!r}")
+    if isinstance(chars, bool) or not isinstance(chars, int) or not 0 <= chars <= MAX_CHARS:
+        raise DataError(f"chars must be an integer in 0..{MAX_CHARS}, got {chars!r}")
     if not (
         isinstance(temperature, (int, float)) and MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE
     ):
@@ -34,8 +31,8 @@ def generate(
             f"temperature must be a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], "
             f"got {temperature!r}"
         )
-    if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**63):
-        raise DataError(f"seed must be an integer in 0..{2**63 - 1}, got {seed!r}")
+    if seed is not None and not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
+        raise DataError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
     if not prompt:
         raise DataError("prompt must hold at least one character, got an empty prompt")
     lookup = {c: i for i, c in enumerate(vocab)}

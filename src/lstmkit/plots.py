@@ -179,7 +179,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 GATES_GRID = (3, 2)
 GATES_MAX_INCHES = (16.0, 10.0)
 MAX_TICKS = 15  # step labels per panel
-CAPTION_WIDTH = 70  # characters per caption line at the panel's width
+CAPTION_WIDTH = 85  # characters per caption line at the panel's width
 
 
 def gates_size(T: int, H: int) -> tuple[float, float]:
