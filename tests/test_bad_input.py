@@ -517,3 +517,19 @@ def test_a_real_process_prints_one_line_and_exits_2(tmp_path):
     assert r.returncode == 2
     assert r.stdout == ""
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [("1e39", "within float32's range"), ("nan", "finite numbers, got nan"), ("٣", "got '٣'")],
+)
+def test_stream_bad_line_is_one_line_after_the_good_ones(
+    good_run, capsys, monkeypatch, line, expected
+):
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"5\n{line}\n6\n"))
+    assert main(["predict", "--stream", "--run", str(good_run)]) == 2
+    out, err = capsys.readouterr()
+    assert len(out.split()) == 1  # the prediction for 5, then the stop
+    assert err.count("\n") == 1 and expected in err, err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -17,6 +18,7 @@ from lstmkit.cli_paths import resolve
 from lstmkit.config import SECTIONS, RunConfig, from_dict, load_toml
 from lstmkit.errors import DataError, LstmkitError
 from lstmkit.limits import (
+    FLOAT32_MAX,
     MAX_CHARS,
     MAX_HORIZON,
     MAX_SEED,
@@ -77,7 +79,12 @@ def _numbers(raw: list[str]) -> list[float]:
         s = r.strip()
         if not (NUMBER.fullmatch(s) or s.lower().lstrip("+-") in ("nan", "inf", "infinity")):
             raise DataError(f"values must be numbers, got {shown(r)}")
-        vals.append(float(s))
+        v = float(s)
+        if math.isfinite(v) and abs(v) > FLOAT32_MAX:  # would be inf inside the model
+            raise DataError(
+                f"values must be within float32's range (|v| <= {FLOAT32_MAX:.4g}), got {v:g}"
+            )
+        vals.append(v)
     return vals
 
 

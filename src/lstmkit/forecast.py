@@ -10,10 +10,9 @@ import torch
 
 from lstmkit.checkpoint import Run, write_json
 from lstmkit.errors import DataError
-from lstmkit.limits import MAX_HORIZON
+from lstmkit.limits import FLOAT32_MAX, MAX_HORIZON
 
 INTERVALS = "intervals.json"
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def _context(run: Run, values) -> torch.Tensor:

@@ -10,3 +10,4 @@ MAX_CHARS = 1_000_000  # characters generate samples
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
 MAX_SEED = 2**63 - 1  # torch's generators take a 64-bit seed
 MAX_WINDOWS, MAX_STEP = 1_000, 1_000_000  # backtest windows and steps between origins
+FLOAT32_MAX = 3.4028234663852886e38  # the models compute in float32: a larger value is inf
