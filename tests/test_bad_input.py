@@ -482,6 +482,36 @@ CASES += (
 )
 
 
+def _hostile(tmp, good, name, data: bytes, argv):
+    """A copy of the good run with file ``name`` replaced by ``data``; the command on it."""
+    run = _copy_run(good, tmp / "hostile")
+    (run / name).write_bytes(data)
+    return [argv[0], "--run", str(run), *argv[1:]]
+
+
+LEVEL = ["predict", "--level", "80", "--horizon", "2", "5", "6"]
+INTERVALS = "intervals.json"
+CASES += [
+    (f"hostile-{name}-{i}", lambda t, g, n=name, d=data, a=argv: _hostile(t, g, n, d, a), expected)
+    for i, (name, data, argv, expected) in enumerate(
+        [
+            ("metrics.csv", b"epoch,train_loss\n1,0.5\n", ["plot"], ["no column val_loss"]),
+            ("metrics.csv", b"\xff\xfe\x00", ["plot"], ["metrics.csv is corrupted"]),
+            ("metrics.csv", b"epoch,train_loss,val_loss\n1,inf,1\n", ["plot"], ["must be finite"]),
+            ("metrics.csv", b"epoch,train_loss,val_loss\n1,x,1\n", ["plot"], ["is corrupted"]),
+            (INTERVALS, b"{bad", LEVEL, ["intervals.json is corrupted: expected JSON"]),
+            (INTERVALS, b"[1, 2]", LEVEL, ["intervals.json is corrupted: expected JSON"]),
+            (INTERVALS, b"\xff\xfe", LEVEL, ["intervals.json is corrupted: expected JSON"]),
+            (INTERVALS, b'{"scaled_residuals": "abc"}', LEVEL, ["must be finite numbers >= 0"]),
+            (INTERVALS, b'{"scaled_residuals": [NaN, 1]}', LEVEL, ["must be finite numbers >= 0"]),
+            (INTERVALS, b'{"scaled_residuals": [-1, 1]}', LEVEL, ["must be finite numbers >= 0"]),
+            (INTERVALS, b'{"scaled_residuals": [1e308]}', LEVEL, ["beyond float32's range"]),
+            (INTERVALS, b'{"scaled_residuals": []}', LEVEL, ["holds no residuals"]),
+        ]
+    )
+]
+
+
 def _snapshot(root):
     """Every file and folder under ``root`` (a failed command must create neither)."""
     return {p: p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from lstmkit.checkpoint import Run, write_json
-from lstmkit.errors import DataError
+from lstmkit.errors import DataError, RunDirError
 from lstmkit.limits import FLOAT32_MAX, MAX_HORIZON
 
 INTERVALS = "intervals.json"
@@ -127,15 +127,35 @@ def intervals(run: Run, fc, level: float):
     quantile of the run's scaled validation residuals, times sqrt(h)."""
     if not 0 < level < 100:
         raise DataError(f"--level must be between 0 and 100 (percent), got {level:g}")
+    z = _residuals(run)
+    k = min(len(z) - 1, math.ceil((len(z) + 1) * level / 100) - 1)  # split-conformal rank
+    half = z[k] * np.sqrt(np.arange(1, len(fc) + 1))
+    f = np.asarray(fc, dtype=np.float64)
+    lo, hi = f - half, f + half
+    if not (np.abs(lo) <= FLOAT32_MAX).all() or not (np.abs(hi) <= FLOAT32_MAX).all():
+        raise RunDirError(
+            f"{run.path / INTERVALS} gives intervals beyond float32's range (a damaged file)"
+        )
+    return lo, hi
+
+
+def _residuals(run: Run) -> np.ndarray:
+    """The run's sorted scaled residuals, checked: a list of finite numbers >= 0."""
     p = run.path / INTERVALS
     if not p.is_file():
         raise DataError(
             f"run {run.path} has no {INTERVALS} (trained before intervals, or not a csv run)"
         )
-    z = np.asarray(json.loads(p.read_text())["scaled_residuals"], dtype=np.float64)
+    try:
+        z = json.loads(p.read_text(encoding="utf-8"))["scaled_residuals"]
+        ok = isinstance(z, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in z
+        )
+        z = np.asarray(z if ok else [math.nan], dtype=np.float64)
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise RunDirError(f"{p} is corrupted: expected JSON with a scaled_residuals list") from None
     if not len(z):
         raise DataError(f"{p} holds no residuals to calibrate intervals with")
-    k = min(len(z) - 1, math.ceil((len(z) + 1) * level / 100) - 1)  # split-conformal rank
-    half = z[k] * np.sqrt(np.arange(1, len(fc) + 1))
-    f = np.asarray(fc, dtype=np.float64)
-    return f - half, f + half
+    if not (np.isfinite(z).all() and (z >= 0).all()):
+        raise RunDirError(f"{p} is corrupted: scaled_residuals must be finite numbers >= 0")
+    return np.sort(z)

@@ -19,6 +19,7 @@ from lstmkit.errors import RunDirError
 
 LOSS_PNG, FORECAST_PNG, GATES_PNG = "loss.png", "forecast.png", "gates.png"
 DPI = 100
+METRIC_COLUMNS = ("epoch", "train_loss", "val_loss")  # what plot_loss draws
 
 
 def _figure(width: float, height: float):
@@ -42,17 +43,25 @@ def _save(fig, out: str | Path) -> None:
 def read_metrics(run_dir: str | Path) -> dict[str, list[float]]:
     """metrics.csv as columns: ``{"epoch": [...], "train_loss": [...], ...}``."""
     path = Path(run_dir) / METRICS
+    if not path.is_file():
+        raise RunDirError(f"run directory {path.parent} has no {METRICS} to plot")
     try:
         with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        raise RunDirError(f"run directory {path.parent} has no {METRICS} to plot") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise RunDirError(f"{path} is corrupted: {e}") from None
     if not rows:
         raise RunDirError(f"{path} holds no epochs yet")
+    missing = [k for k in METRIC_COLUMNS if k not in rows[0]]
+    if missing:
+        raise RunDirError(f"{path} is corrupted: no column {', '.join(missing)}")
     try:
-        return {k: [float(r[k]) for r in rows] for k in rows[0]}
+        m = {k: [float(r[k]) for r in rows] for k in rows[0]}
     except (TypeError, ValueError) as e:
         raise RunDirError(f"{path} is corrupted: {e}") from None
+    if not all(math.isfinite(v) for k in METRIC_COLUMNS for v in m[k]):
+        raise RunDirError(f"{path} is corrupted: {', '.join(METRIC_COLUMNS)} must be finite")
+    return m
 
 
 def plot_loss(run_dir: str | Path, out: str | Path | None = None) -> Path:
