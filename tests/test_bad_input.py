@@ -317,9 +317,20 @@ CASES += (
             ["--epochs must be an integer, got 'xxxx", "...'"],
         ),
         (
+            "config-empty",
+            lambda t, g: ["train", "--config", ""],
+            ["--config must be a path, got ''"],
+        ),
+        (
+            "predict-csv-empty",
+            lambda t, g: [*P, str(g), "--csv", " "],
+            ["--csv must be a path, got ' '"],
+        ),
+        ("run-empty", lambda t, g: ["evaluate", "--run", ""], ["--run must be a path, got ''"]),
+        (
             "train-out-empty",
             lambda t, g: ["train", "--out", "", *SMALL],
-            ["--out must name the run directory, got an empty string"],
+            ["--out must be a path, got ''"],
         ),
         *[
             (

@@ -13,7 +13,7 @@ import sys
 
 from lstmkit import __version__
 from lstmkit.cli_errors import failure
-from lstmkit.cli_flags import NUMBER, add_config_flags, float_in, int_in, shown
+from lstmkit.cli_flags import NUMBER, add_config_flags, float_in, int_in, path_arg, shown
 from lstmkit.cli_paths import resolve
 from lstmkit.config import SECTIONS, RunConfig, from_dict, load_toml
 from lstmkit.errors import DataError, LstmkitError
@@ -100,8 +100,6 @@ def cmd_train(args) -> int:
                 f"--resume continues a run with its saved config; got {flag} as well "
                 "(start a new run with --out, or replace it with --overwrite)"
             )
-    if args.out is not None and not args.out.strip():
-        raise LstmkitError("--out must name the run directory, got an empty string")
     cfg = config_from_args(args)
     out = args.out or f"runs/{cfg.data.task}"
     res = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
@@ -303,7 +301,6 @@ def cmd_generate(args) -> int:
     return 0
 
 
-RUN_HELP = "run directory (default {})"
 EPILOG = (
     "--out is always a directory; --csv, --onnx and --png are always one file of that format. "
     "Errors are one line (exit 2 for bad input, 1 when a run failed, 130 when interrupted); "
@@ -321,10 +318,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_flag(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--run",
+        type=path_arg,
+        metavar="DIR",
+        default=default,
+        help=f"run directory (default {default})",
+    )
+
+
 def _train(sub) -> None:
     t = sub.add_parser("train", help="train a model and write a run directory")
-    t.add_argument("--out", metavar="DIR", help="run directory (default runs/TASK)")
-    t.add_argument("--config", metavar="FILE.toml", help="config file; flags override it")
+    t.add_argument("--out", type=path_arg, metavar="DIR", help="run directory (default runs/TASK)")
+    t.add_argument(
+        "--config", type=path_arg, metavar="FILE.toml", help="config file; flags override it"
+    )
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_config_flags(t, HELP)
@@ -334,9 +343,7 @@ def _train(sub) -> None:
 def _predict(sub) -> None:
     pr = sub.add_parser("predict", help="predict with a trained run")
     pr.add_argument("values", nargs="*", help="the input sequence, e.g. 5 6 7 8")
-    pr.add_argument(
-        "--run", metavar="DIR", default="runs/counting", help=RUN_HELP.format("runs/counting")
-    )
+    _run_flag(pr, "runs/counting")
     pr.add_argument(
         "--horizon",
         type=int_in(1, MAX_HORIZON),
@@ -346,10 +353,16 @@ def _predict(sub) -> None:
     pr.add_argument("--json", action="store_true", help="print a JSON list")
     pr.add_argument(
         "--csv",
+        type=path_arg,
         metavar="FILE",
         help="csv runs: a series file to read the context from (the run's column)",
     )
-    pr.add_argument("--onnx", metavar="FILE", help="predict with an exported ONNX file, not --run")
+    pr.add_argument(
+        "--onnx",
+        type=path_arg,
+        metavar="FILE",
+        help="predict with an exported ONNX file, not --run",
+    )
     pr.add_argument(
         "--stream", action="store_true", help="read values from stdin, one per line; print each"
     )
@@ -362,6 +375,7 @@ def _predict(sub) -> None:
     )
     pr.add_argument(
         "--out",
+        type=path_arg,
         metavar="DIR",
         help="write DIR/forecast.csv: dated rows date, forecast[, lo, hi] (an --out ending in "
         ".csv that is not a directory is still taken as the file)",
@@ -371,19 +385,21 @@ def _predict(sub) -> None:
 
 def _export(sub) -> None:
     ex = sub.add_parser("export", help="write a run's model for inference outside lstmkit")
-    ex.add_argument(
-        "--run", metavar="DIR", default="runs/counting", help=RUN_HELP.format("runs/counting")
-    )
+    _run_flag(ex, "runs/counting")
     ex.add_argument("--format", choices=["onnx"], default="onnx", help="default onnx")
-    ex.add_argument("--out", metavar="DIR", help="write DIR/model.onnx (default RUN/model.onnx)")
-    ex.add_argument("--onnx", metavar="FILE", help="the ONNX file to write, instead of --out")
+    ex.add_argument(
+        "--out", type=path_arg, metavar="DIR", help="write DIR/model.onnx (default RUN/model.onnx)"
+    )
+    ex.add_argument(
+        "--onnx", type=path_arg, metavar="FILE", help="the ONNX file to write, instead of --out"
+    )
     ex.add_argument("--lengths", action="store_true", help="add a lengths (B,) input")
     ex.set_defaults(func=cmd_export)
 
 
 def _backtest(sub) -> None:
     bt = sub.add_parser("backtest", help="rolling-origin evaluation beside baselines (csv runs)")
-    bt.add_argument("--run", metavar="DIR", default="runs/csv", help=RUN_HELP.format("runs/csv"))
+    _run_flag(bt, "runs/csv")
     bt.add_argument(
         "--windows",
         type=int_in(1, MAX_WINDOWS),
@@ -411,16 +427,14 @@ def _backtest(sub) -> None:
 
 def _evaluate(sub) -> None:
     ev = sub.add_parser("evaluate", help="score a run's test split beside naive baselines")
-    ev.add_argument(
-        "--run", metavar="DIR", default="runs/counting", help=RUN_HELP.format("runs/counting")
-    )
+    _run_flag(ev, "runs/counting")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.set_defaults(func=cmd_evaluate)
 
 
 def _generate(sub) -> None:
     ge = sub.add_parser("generate", help="sample text from a run of the text task")
-    ge.add_argument("--run", metavar="DIR", default="runs/text", help=RUN_HELP.format("runs/text"))
+    _run_flag(ge, "runs/text")
     ge.add_argument("--prompt", default="\n", help="text to start from (default a newline)")
     ge.add_argument(
         "--chars",
@@ -447,20 +461,20 @@ def _generate(sub) -> None:
 
 def _plot(sub) -> None:
     pl = sub.add_parser("plot", help="draw loss curves (and a test forecast) into the run")
-    pl.add_argument(
-        "--run", metavar="DIR", default="runs/counting", help=RUN_HELP.format("runs/counting")
-    )
+    _run_flag(pl, "runs/counting")
     pl.set_defaults(func=cmd_plot)
 
 
 def _inspect(sub) -> None:
     ins = sub.add_parser("inspect", help="draw the gates and states of the first LSTM layer")
     ins.add_argument("values", nargs="+", help="the input sequence, e.g. 5 6 7 8")
+    _run_flag(ins, "runs/counting")
     ins.add_argument(
-        "--run", metavar="DIR", default="runs/counting", help=RUN_HELP.format("runs/counting")
+        "--out", type=path_arg, metavar="DIR", help="write DIR/gates.png (default RUN/gates.png)"
     )
-    ins.add_argument("--out", metavar="DIR", help="write DIR/gates.png (default RUN/gates.png)")
-    ins.add_argument("--png", metavar="FILE", help="the picture to write, instead of --out")
+    ins.add_argument(
+        "--png", type=path_arg, metavar="FILE", help="the picture to write, instead of --out"
+    )
     ins.set_defaults(func=cmd_inspect)
 
 

@@ -92,6 +92,14 @@ def text(raw: str) -> str:
     return raw
 
 
+def path_arg(raw: str) -> str:
+    """A file or directory flag: not empty (an empty path would mean "here" or "default"
+    without a word) and no NUL."""
+    if not raw.strip() or "\x00" in raw:
+        raise argparse.ArgumentTypeError(f"must be a path, got {shown(raw)}")
+    return raw
+
+
 _SCALAR = {int: parse_int, float: parse_float, bool: parse_bool, str: text}
 
 
