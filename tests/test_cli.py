@@ -50,7 +50,25 @@ def test_config_file_and_flags(tmp_path, capsys):
     assert saved["format_version"] == 1 and saved["lstmkit_version"]
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["predict"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        *(
+            [c]
+            for c in [
+                "train",
+                "predict",
+                "export",
+                "backtest",
+                "evaluate",
+                "generate",
+                "plot",
+                "inspect",
+            ]
+        ),
+    ],
+)
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([*command, "--help"])
