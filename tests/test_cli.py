@@ -10,6 +10,7 @@ import torch
 from lstmkit.checkpoint import load_run
 from lstmkit.cli import main
 from lstmkit.data.counting import runs
+from lstmkit.errors import LstmkitError
 from lstmkit.forecast import predict_steps
 
 
@@ -49,7 +50,25 @@ def test_config_file_and_flags(tmp_path, capsys):
     assert saved["format_version"] == 2 and saved["lstmkit_version"]
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["predict"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        *(
+            [c]
+            for c in [
+                "train",
+                "predict",
+                "export",
+                "backtest",
+                "evaluate",
+                "generate",
+                "plot",
+                "inspect",
+            ]
+        ),
+    ],
+)
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([*command, "--help"])
@@ -101,3 +120,61 @@ def test_default_run_meets_the_foundation_targets(tmp_path):
         pred = run.scaler.decode(run.model(xs), fresh.x)
     mse = torch.mean((pred - fresh.y) ** 2).item()
     assert mse <= 1e-3, mse
+
+
+def test_help_shows_types_choices_and_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for shown in (
+        "--optimizer {adam,adamw}",
+        "--schedule {constant,cosine}",
+        "--fill {none,ffill,interpolate,drop}",
+        "--hidden-size INT",
+        "--lr FLOAT",
+        "--layer-norm [BOOL]",
+        "default 'adam'",
+        "default 1",  # num_layers
+        "default off",  # a switch
+        "default: the task's",
+    ):
+        assert shown in text, shown
+
+
+def test_flags_parse_to_their_field_types():
+    from lstmkit.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["train", "--hidden-size", "8", "--lr", "0.5", "--layer-norm", "--peephole", "off"]
+        + ["--zoneout", "0.1,0.2", "--optimizer", "adamw"]
+    )
+    got = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    assert got == {
+        "model.hidden_size": 8,
+        "train.lr": 0.5,
+        "model.layer_norm": True,
+        "model.peephole": False,
+        "model.zoneout": [0.1, 0.2],
+        "train.optimizer": "adamw",
+    }
+    assert type(got["model.hidden_size"]) is int and type(got["train.lr"]) is float
+
+
+def test_flags_follow_the_config_sections_and_a_flag_name_in_metadata(monkeypatch):
+    """A section or field added to the config gets its flag with no change to the CLI; a
+    field's ``flag`` metadata renames its flag."""
+    import dataclasses
+
+    from lstmkit import config
+    from lstmkit.cli import build_parser
+
+    @dataclasses.dataclass
+    class Extra:
+        n_things: int = 3
+        ratio: float = dataclasses.field(default=0.5, metadata={"flag": "extra_ratio"})
+
+    monkeypatch.setattr(config, "SECTIONS", {**config.SECTIONS, "extra": Extra})
+    args = build_parser().parse_args(["train", "--n-things", "7", "--extra-ratio", "0.25"])
+    assert vars(args)["extra.n_things"] == 7 and vars(args)["extra.ratio"] == 0.25
+    with pytest.raises(LstmkitError, match="unrecognized arguments: --ratio"):
+        build_parser().parse_args(["train", "--ratio", "0.25"])

@@ -117,14 +117,34 @@ def test_text_run_evaluates_bits_per_char_and_generates(text_run, capsys):
     [
         (["--prompt", "XYZ"], "outside the run's vocabulary"),
         (["--prompt", ""], "empty prompt"),
-        (["--temperature", "0"], "temperature must be a finite number > 0"),
-        (["--chars", "-1"], "chars must be an integer >= 0"),
     ],
 )
 def test_generate_errors(text_run, capsys, flags, message):
     run, _ = text_run
     assert main(["generate", "--run", str(run), *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_generate_library_bounds_and_non_finite_scores(text_run):
+    """The library checks what the CLI bounds, and a model whose scores are NaN (damaged
+    weights) is a one-line error, not a crash inside the sampler."""
+    import torch
+
+    from lstmkit.checkpoint import load_run
+    from lstmkit.errors import DataError, RunDirError
+    from lstmkit.generate import MAX_TEMPERATURE, MIN_TEMPERATURE, generate
+
+    run = load_run(text_run[0])
+    for t in (0.0, 1e-320, MIN_TEMPERATURE / 2, MAX_TEMPERATURE * 2, float("nan"), float("inf")):
+        with pytest.raises(DataError, match="temperature must be a number in"):
+            generate(run, "the", 5, t)
+    with pytest.raises(DataError, match="seed must be an integer in 0.."):
+        generate(run, "the", 5, 1.0, seed=2**70)
+    assert len(generate(run, "the", 7, MIN_TEMPERATURE, seed=0)) == 7  # greedy end works
+    with torch.no_grad():
+        run.model.head.bias.fill_(float("nan"))
+    with pytest.raises(RunDirError, match="non-finite scores"):
+        generate(run, "the", 5, 1.0, seed=0)
 
 
 def test_generate_refuses_a_non_text_run(tmp_path, capsys):

@@ -55,6 +55,29 @@ def test_inspect_writes_gate_heatmaps(run_dir, tmp_path, capsys):
     assert_picture(out, min_side=400)
 
 
+def _pixels(path) -> tuple[int, int]:
+    import matplotlib.image
+
+    h, w = matplotlib.image.imread(path).shape[:2]
+    return w, h
+
+
+@pytest.mark.parametrize("T, H", [(1, 1), (5, 6), (300, 128)])
+def test_gate_picture_fits_a_screen(tmp_path, T, H):
+    """Six panels in a 3 x 2 grid, at most 1600 x 1000 pixels whatever T and H are (it was
+    700 x 4260, the panels stacked), and still a real picture."""
+    from lstmkit.inspect_gates import GateTrace
+    from lstmkit.plots import plot_gates
+
+    g = torch.Generator().manual_seed(T + H)
+    trace = GateTrace(*(torch.rand(T, H, generator=g) for _ in range(6)))
+    out = plot_gates(trace, [float(t) for t in range(T)], tmp_path / "g.png", "title")
+    w, h = _pixels(out)
+    assert 900 <= w <= 1600 and 600 <= h <= 1000, (w, h)
+    assert w > h  # a grid across the screen, not a column down it
+    assert_picture(out)
+
+
 def test_inspect_default_path_is_in_the_run(run_dir, capsys):
     assert main(["inspect", "--run", str(run_dir), "1", "2"]) == 0
     assert capsys.readouterr().out.strip() == str(run_dir / "gates.png")

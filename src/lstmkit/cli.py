@@ -6,107 +6,85 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
+import re
 import sys
-from pathlib import Path
 
 from lstmkit import __version__
-from lstmkit.config import (
-    SECTIONS,
-    RunConfig,
-    field_type,
-    flag_of,
-    from_dict,
-    load_toml,
-    rules,
+from lstmkit.cli_errors import failure
+from lstmkit.cli_flags import NUMBER, add_config_flags, float_in, int_in, path_arg, shown
+from lstmkit.cli_paths import resolve
+from lstmkit.config import SECTIONS, RunConfig, flag_of, from_dict, load_toml
+from lstmkit.errors import DataError, LstmkitError
+from lstmkit.limits import (
+    FLOAT32_MAX,
+    MAX_CHARS,
+    MAX_HORIZON,
+    MAX_SEED,
+    MAX_STEP,
+    MAX_TEMPERATURE,
+    MAX_WINDOWS,
+    MIN_TEMPERATURE,
 )
-from lstmkit.errors import DataError, LstmkitError, TrainingError
-
-EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, no usage block
+        # argparse says "argument --x: must be ..."; the typed flags read "--x must be ..."
+        message = re.sub(r"^argument ([^:]+): must ", r"\1 must ", message)
+        if re.match(r"unrecognized arguments: -[0-9.]", message):  # -1e3 reads as a flag
+            message += "; put -- before values that start with a minus: -- -1e3 5"
         raise LstmkitError(f"{self.prog}: {message} (see --help)")
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per config field (``--hidden-size`` for model.hidden_size), default None so
-    that only the flags given override the config file and the defaults."""
-    for section, cls in SECTIONS.items():
-        g = p.add_argument_group(f"{section} (TOML table [{section}])")
-        defaults = cls()
-        for f in dataclasses.fields(cls):
-            t = field_type(cls, f.name)
-            is_bool = t is bool  # a switch: --layer-norm, or --layer-norm false
-            metavar, help_ = HELP.get(f.name, (t.__name__.upper(), None))
-            g.add_argument(
-                "--" + flag_of(section, f.name),
-                dest=f"{section}.{f.name}",
-                type=str,
-                default=None,
-                nargs="?" if is_bool else None,
-                const="true" if is_bool else None,
-                metavar=metavar,
-                help=help_ or _default_help(getattr(defaults, f.name)),
-            )
-
-
-def _default_help(value) -> str:
-    return "default: the task's" if value is None else f"default {value!r}"
-
-
-# The variant flags' metavar and help, beside the fields in lstmkit.config.ModelConfig.
+# The metavar and help of config flags that need more than their type and default (the
+# default is added to every flag's help; a choice field shows its choices).
 HELP = {
-    "dropout": ("FLOAT", "dropout between LSTM layers (needs --num-layers 2 or more; default 0)"),
-    "forget_bias": ("FLOAT", "added to the forget gate's bias at initialisation (default 0)"),
-    "init": ("uniform|chrono", "chrono sets the forget/input biases from t_max (default uniform)"),
+    "dropout": ("P", "dropout between LSTM layers (needs --num-layers 2 or more)"),
+    "backend": ("NAME", "a backend's name, or auto: the fastest for the device and size"),
+    "forget_bias": ("FLOAT", "added to the forget gate's bias at initialisation"),
+    "init": ("uniform|chrono", "chrono sets the forget/input biases from t_max"),
     "t_max": ("STEPS", "chrono's longest dependency (default: the training window, data.length)"),
-    "layer_norm": ("BOOL", "layer-normalised gates and cell (a switch; default off)"),
-    "peephole": ("BOOL", "peephole connections from the cell to i, f, o (a switch; default off)"),
-    "coupled": ("BOOL", "coupled input and forget gates, f = 1 - i (a switch; default off)"),
-    "recurrent_dropout": ("P", "dropout on h_{t-1}, one mask per sequence (default 0)"),
-    "zoneout": ("Z|Z_C,Z_H", "keep the previous c and h with these probabilities (default 0)"),
-    "weight_drop": ("P", "DropConnect on the recurrent weights, per forward (default 0)"),
+    "layer_norm": ("BOOL", "layer-normalised gates and cell (a switch)"),
+    "peephole": ("BOOL", "peephole connections from the cell to i, f, o (a switch)"),
+    "coupled": ("BOOL", "coupled input and forget gates, f = 1 - i (a switch)"),
+    "recurrent_dropout": ("P", "dropout on h_{t-1}, one mask per sequence"),
+    "zoneout": ("Z|Z_C,Z_H", "keep the previous c and h with these probabilities"),
+    "weight_drop": ("P", "DropConnect on the recurrent weights, per forward"),
     "cell_clip": ("FLOAT", "clip the cell state to [-FLOAT, FLOAT] (default: no clipping)"),
+    "csv": ("FILE", "csv task: the series file (default: the packaged airline series)"),
+    "text": ("FILE", "text task: a UTF-8 text file"),
 }
-TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-def _parse_value(t: type, raw: str, flag: str):
-    if t is bool:
-        if raw.lower() not in TRUE + FALSE:
-            raise LstmkitError(f"--{flag} must be true or false, got {raw!r}")
-        return raw.lower() in TRUE
-    try:
-        return t(raw)
-    except ValueError:
-        kind = {int: "an integer", float: "a number"}.get(t, t.__name__)
-        raise LstmkitError(f"--{flag} must be {kind}, got {raw!r}") from None
 
 
 def config_from_args(args) -> RunConfig:
+    """The run config: defaults, then ``--config``, then the flags given (already typed)."""
     cfg = load_toml(args.config) if args.config else RunConfig()
     overrides: dict[str, dict] = {}
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
-            raw = getattr(args, f"{section}.{f.name}")
-            if raw is not None:
-                t, flag = field_type(cls, f.name), flag_of(section, f.name)
-                if rules(section, f.name).get("pair") and "," in raw:  # --zoneout 0.5,0.05
-                    value = [_parse_value(t, r, flag) for r in raw.split(",")]
-                else:
-                    value = _parse_value(t, raw, flag)
+            value = getattr(args, f"{section}.{f.name}")
+            if value is not None:
                 overrides.setdefault(section, {})[f.name] = value
     return from_dict(overrides, cfg, source="command line")
 
 
 def _numbers(raw: list[str]) -> list[float]:
+    """Values given on the command line or stdin as floats: plain ASCII numbers only (no
+    "1_000", no non-ASCII digits); nan and inf pass here and are refused by the check of
+    the values that names them."""
     vals = []
     for r in raw:
-        try:
-            vals.append(float(r))
-        except ValueError:
-            raise DataError(f"values must be numbers, got {r!r}") from None
+        s = r.strip()
+        if not (NUMBER.fullmatch(s) or s.lower().lstrip("+-") in ("nan", "inf", "infinity")):
+            raise DataError(f"values must be numbers, got {shown(r)}")
+        v = float(s)
+        if math.isfinite(v) and abs(v) > FLOAT32_MAX:  # would be inf inside the model
+            raise DataError(
+                f"values must be within float32's range (|v| <= {FLOAT32_MAX:.4g}), got {v:g}"
+            )
+        vals.append(v)
     return vals
 
 
@@ -154,6 +132,7 @@ def cmd_predict(args) -> int:
 
     if args.stream:
         return _stream(args)
+    target = resolve(args.out, None, "forecast.csv", None)  # checked before any work
     if args.onnx:
         from lstmkit.export import load_onnx_run
 
@@ -164,12 +143,12 @@ def cmd_predict(args) -> int:
     dates = None
     if args.csv is not None or (not values and run.config.data.task == "csv"):
         values, dates = _csv_context(run, args.csv or run.config.csv.file, values)
-    if (args.level or args.out) and args.horizon is None:
+    if (args.level or target) and args.horizon is None:
         args.horizon = run.config.csv.horizon or 1  # intervals and --out are for forecasts
     if args.horizon is not None:
         pred = forecast(run, values, args.horizon)
-        if args.level or args.out:
-            return _forecast_out(run, pred, args, dates)
+        if args.level or target:
+            return _forecast_out(run, pred, args, dates, target)
     else:
         pred = predict_steps(run, values)
     # None: no prediction at that step (seasonal scaling, first period): null / "-"
@@ -202,14 +181,20 @@ def cmd_export(args) -> int:
     from lstmkit.checkpoint import load_run
     from lstmkit.export import export_run
 
-    print(export_run(load_run(args.run), args.out, lengths=args.lengths))
+    target = resolve(args.out, args.onnx, "model.onnx", "--onnx")
+    run = load_run(args.run)
+    if target is None:
+        print(export_run(run, lengths=args.lengths))
+        return 0
+    with target.writing() as path:
+        print(export_run(run, path, lengths=args.lengths))
+    target.written()
     return 0
 
 
-def _forecast_out(run, pred: list[float], args, dates) -> int:
+def _forecast_out(run, pred: list[float], args, dates, target) -> int:
     """Forecasts with their intervals (--level), printed and/or written (--out) as dated
     rows: date, forecast[, lo_L, hi_L ...]."""
-    from lstmkit import timeseries as ts
     from lstmkit.checkpoint import atomic_write
     from lstmkit.forecast import intervals
 
@@ -217,32 +202,35 @@ def _forecast_out(run, pred: list[float], args, dates) -> int:
     for lv in args.level or []:
         lo, hi = intervals(run, pred, lv)
         cols[f"lo_{lv:g}"], cols[f"hi_{lv:g}"] = lo.tolist(), hi.tolist()
-    meta = run.task.get("meta", {})
-    step_s, freq = meta.get("step_s"), meta.get("inferred", {}).get("frequency")
-    if dates and step_s:
-        last = ts.parse_date(dates[-1], "the context's last date")
-        when = [
-            ts.format_like(ts.add_steps(last, freq, step_s, k), dates[-1])
-            for k in range(1, len(pred) + 1)
-        ]
-    else:  # no dates: steps after the context
-        when = [str(k) for k in range(1, len(pred) + 1)]
-    if args.out:
-        if not Path(args.out).parent.is_dir():
-            raise DataError(f"--out {args.out}: folder {Path(args.out).parent} does not exist")
+    when = _forecast_dates(run, dates, len(pred))
+    if target:
         lines = ["date," + ",".join(cols)]
         lines += [
             ",".join([d] + [f"{c[i]:.6g}" for c in cols.values()]) for i, d in enumerate(when)
         ]
-        atomic_write(Path(args.out), ("\n".join(lines) + "\n").encode())
+        with target.writing() as path:
+            atomic_write(path, ("\n".join(lines) + "\n").encode())
+        target.written()
     if args.json:
         print(json.dumps({"date": when, **cols}))
-    elif not args.out:
+    elif not target:
         for i, d in enumerate(when):
             print(d, " ".join(f"{c[i]:.2f}" for c in cols.values()))
     else:
-        print(f"{len(pred)} forecasts -> {args.out}")
+        print(f"{len(pred)} forecasts -> {target.file}")
     return 0
+
+
+def _forecast_dates(run, dates, n: int) -> list[str]:
+    """The dates of the ``n`` steps after the context, or "1".."n" when it has none."""
+    from lstmkit import timeseries as ts
+
+    meta = run.task.get("meta", {})
+    step_s, freq = meta.get("step_s"), meta.get("inferred", {}).get("frequency")
+    if not (dates and step_s):
+        return [str(k) for k in range(1, n + 1)]
+    last = ts.parse_date(dates[-1], "the context's last date")
+    return [ts.format_like(ts.add_steps(last, freq, step_s, k), dates[-1]) for k in range(1, n + 1)]
 
 
 def cmd_plot(args) -> int:
@@ -255,10 +243,19 @@ def cmd_plot(args) -> int:
 
 def cmd_inspect(args) -> int:
     from lstmkit.checkpoint import load_run
-    from lstmkit.plots import plot_inspect
+    from lstmkit.plots import GATES_PNG, plot_inspect
 
+    if args.png is not None and not args.png.lower().endswith(".png"):
+        raise LstmkitError(f"--png must name a .png file, got {shown(args.png)}")
+    target = resolve(args.out, args.png, GATES_PNG, "--png")
     values = _numbers(args.values)
-    print(plot_inspect(load_run(args.run), values, args.out))
+    run = load_run(args.run)
+    if target is None:
+        print(plot_inspect(run, values))
+        return 0
+    with target.writing() as path:
+        print(plot_inspect(run, values, path))
+    target.written()
     return 0
 
 
@@ -304,93 +301,195 @@ def cmd_generate(args) -> int:
     return 0
 
 
+EPILOG = (
+    "--out is always a directory; --csv, --onnx and --png are always one file of that format. "
+    "Errors are one line (exit 2 for bad input, 1 when a run failed, 130 when interrupted); "
+    "LSTMKIT_DEBUG=1 prints the traceback of an unexpected error instead."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lstmkit", description="Train and use LSTM sequence models.")
+    p = _Parser(prog="lstmkit", description="Train and use LSTM sequence models.", epilog=EPILOG)
     p.add_argument("--version", action="version", version=f"lstmkit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-
-    t = sub.add_parser("train", help="train a model and write a run directory")
-    t.add_argument("--out", help="run directory (default runs/TASK, e.g. runs/counting)")
-    t.add_argument("--config", metavar="FILE.toml", help="config file; flags override it")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    _add_config_flags(t)
-    t.set_defaults(func=cmd_train)
-
-    pr = sub.add_parser("predict", help="predict with a trained run")
-    pr.add_argument("values", nargs="*", help="the input sequence, e.g. 5 6 7 8")
-    pr.add_argument("--run", default="runs/counting", help="run directory (default runs/counting)")
-    pr.add_argument(
-        "--horizon", type=int, help="print only the next N values, each fed back as input"
-    )
-    pr.add_argument("--json", action="store_true", help="print a JSON list")
-    pr.add_argument(
-        "--csv", metavar="FILE", help="csv runs: read the context from the run's column of FILE"
-    )
-    pr.add_argument("--onnx", metavar="FILE", help="predict with an exported ONNX file, not --run")
-    pr.add_argument(
-        "--stream", action="store_true", help="read values from stdin, one per line; print each"
-    )
-
-    pr.add_argument("--level", type=float, nargs="+", help="prediction intervals, e.g. 80 95")
-    pr.add_argument("--out", metavar="FILE.csv", help="write dated rows: date, forecast[, lo, hi]")
-    pr.set_defaults(func=cmd_predict)
-
-    ex = sub.add_parser("export", help="write a run's model for inference outside lstmkit")
-    ex.add_argument("--run", default="runs/counting", help="run directory (default runs/counting)")
-    ex.add_argument("--format", choices=["onnx"], default="onnx", help="default onnx")
-    ex.add_argument("--out", metavar="FILE", help="file to write (default RUN/model.onnx)")
-    ex.add_argument("--lengths", action="store_true", help="add a lengths (B,) input")
-    ex.set_defaults(func=cmd_export)
-
-    bt = sub.add_parser("backtest", help="rolling-origin evaluation beside baselines (csv runs)")
-    bt.add_argument("--run", default="runs/csv", help="run directory (default runs/csv)")
-    bt.add_argument("--windows", type=int, default=3, help="forecast windows (default 3)")
-    bt.add_argument("--step", type=int, help="steps between origins (default the horizon)")
-    bt.add_argument("--refit", action="store_true", help="train a model for every window")
-    bt.add_argument("--level", type=float, nargs="+", help="report interval coverage, e.g. 80 95")
-    bt.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    bt.set_defaults(func=cmd_backtest)
-
-    ev = sub.add_parser("evaluate", help="score a run's test split beside naive baselines")
-    ev.add_argument("--run", default="runs/counting", help="run directory (default runs/counting)")
-    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    ev.set_defaults(func=cmd_evaluate)
-
-    ge = sub.add_parser("generate", help="sample text from a run of the text task")
-    ge.add_argument("--run", default="runs/text", help="run directory (default runs/text)")
-    ge.add_argument("--prompt", default="\n", help="text to start from (default a newline)")
-    ge.add_argument("--chars", type=int, default=200, help="characters to sample (default 200)")
-    ge.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (> 0)")
-    ge.add_argument("--seed", type=int, help="seed of the sampler (default: random)")
-    ge.set_defaults(func=cmd_generate)
-
-    pl = sub.add_parser("plot", help="draw loss curves (and a test forecast) into the run")
-    pl.add_argument("--run", default="runs/counting", help="run directory (default runs/counting)")
-    pl.set_defaults(func=cmd_plot)
-
-    ins = sub.add_parser("inspect", help="draw the gates and states of the first LSTM layer")
-    ins.add_argument("values", nargs="+", help="the input sequence, e.g. 5 6 7 8")
-    ins.add_argument("--run", default="runs/counting", help="run directory (default runs/counting)")
-    ins.add_argument("--out", metavar="FILE.png", help="picture to write (default RUN/gates.png)")
-    ins.set_defaults(func=cmd_inspect)
+    for add in (_train, _predict, _export, _backtest, _evaluate, _generate, _plot, _inspect):
+        add(sub)
     return p
 
 
+def _run_flag(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--run",
+        type=path_arg,
+        metavar="DIR",
+        default=default,
+        help=f"run directory (default {default})",
+    )
+
+
+def _train(sub) -> None:
+    t = sub.add_parser("train", help="train a model and write a run directory")
+    t.add_argument("--out", type=path_arg, metavar="DIR", help="run directory (default runs/TASK)")
+    t.add_argument(
+        "--config", type=path_arg, metavar="FILE.toml", help="config file; flags override it"
+    )
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_config_flags(t, HELP)
+    t.set_defaults(func=cmd_train)
+
+
+def _predict(sub) -> None:
+    pr = sub.add_parser("predict", help="predict with a trained run")
+    pr.add_argument("values", nargs="*", help="the input sequence, e.g. 5 6 7 8")
+    _run_flag(pr, "runs/counting")
+    pr.add_argument(
+        "--horizon",
+        type=int_in(1, MAX_HORIZON),
+        metavar="N",
+        help=f"print only the next N values (1..{MAX_HORIZON}), each fed back as input",
+    )
+    pr.add_argument("--json", action="store_true", help="print a JSON list")
+    pr.add_argument(
+        "--csv",
+        type=path_arg,
+        metavar="FILE",
+        help="csv runs: a series file to read the context from (the run's column)",
+    )
+    pr.add_argument(
+        "--onnx",
+        type=path_arg,
+        metavar="FILE",
+        help="predict with an exported ONNX file, not --run",
+    )
+    pr.add_argument(
+        "--stream", action="store_true", help="read values from stdin, one per line; print each"
+    )
+    pr.add_argument(
+        "--level",
+        type=float_in(0, 100, open_ends=True),
+        nargs="+",
+        metavar="PERCENT",
+        help="prediction intervals, e.g. 80 95",
+    )
+    pr.add_argument(
+        "--out",
+        type=path_arg,
+        metavar="DIR",
+        help="write DIR/forecast.csv: dated rows date, forecast[, lo, hi] (an --out ending in "
+        ".csv that is not a directory is still taken as the file)",
+    )
+    pr.set_defaults(func=cmd_predict)
+
+
+def _export(sub) -> None:
+    ex = sub.add_parser("export", help="write a run's model for inference outside lstmkit")
+    _run_flag(ex, "runs/counting")
+    ex.add_argument("--format", choices=["onnx"], default="onnx", help="default onnx")
+    ex.add_argument(
+        "--out", type=path_arg, metavar="DIR", help="write DIR/model.onnx (default RUN/model.onnx)"
+    )
+    ex.add_argument(
+        "--onnx", type=path_arg, metavar="FILE", help="the ONNX file to write, instead of --out"
+    )
+    ex.add_argument("--lengths", action="store_true", help="add a lengths (B,) input")
+    ex.set_defaults(func=cmd_export)
+
+
+def _backtest(sub) -> None:
+    bt = sub.add_parser("backtest", help="rolling-origin evaluation beside baselines (csv runs)")
+    _run_flag(bt, "runs/csv")
+    bt.add_argument(
+        "--windows",
+        type=int_in(1, MAX_WINDOWS),
+        default=3,
+        metavar="N",
+        help=f"forecast windows, 1..{MAX_WINDOWS} (default 3)",
+    )
+    bt.add_argument(
+        "--step",
+        type=int_in(1, MAX_STEP),
+        metavar="N",
+        help="steps between origins (default the horizon)",
+    )
+    bt.add_argument("--refit", action="store_true", help="train a model for every window")
+    bt.add_argument(
+        "--level",
+        type=float_in(0, 100, open_ends=True),
+        nargs="+",
+        metavar="PERCENT",
+        help="report interval coverage, e.g. 80 95",
+    )
+    bt.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bt.set_defaults(func=cmd_backtest)
+
+
+def _evaluate(sub) -> None:
+    ev = sub.add_parser("evaluate", help="score a run's test split beside naive baselines")
+    _run_flag(ev, "runs/counting")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.set_defaults(func=cmd_evaluate)
+
+
+def _generate(sub) -> None:
+    ge = sub.add_parser("generate", help="sample text from a run of the text task")
+    _run_flag(ge, "runs/text")
+    ge.add_argument("--prompt", default="\n", help="text to start from (default a newline)")
+    ge.add_argument(
+        "--chars",
+        type=int_in(0, MAX_CHARS),
+        default=200,
+        metavar="N",
+        help=f"characters to sample, 0..{MAX_CHARS} (default 200)",
+    )
+    ge.add_argument(
+        "--temperature",
+        type=float_in(MIN_TEMPERATURE, MAX_TEMPERATURE),
+        default=1.0,
+        metavar="T",
+        help=f"softmax temperature in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] (default 1)",
+    )
+    ge.add_argument(
+        "--seed",
+        type=int_in(0, MAX_SEED),
+        metavar="N",
+        help="seed of the sampler (default: random)",
+    )
+    ge.set_defaults(func=cmd_generate)
+
+
+def _plot(sub) -> None:
+    pl = sub.add_parser("plot", help="draw loss curves (and a test forecast) into the run")
+    _run_flag(pl, "runs/counting")
+    pl.set_defaults(func=cmd_plot)
+
+
+def _inspect(sub) -> None:
+    ins = sub.add_parser("inspect", help="draw the gates and states of the first LSTM layer")
+    ins.add_argument("values", nargs="+", help="the input sequence, e.g. 5 6 7 8")
+    _run_flag(ins, "runs/counting")
+    ins.add_argument(
+        "--out", type=path_arg, metavar="DIR", help="write DIR/gates.png (default RUN/gates.png)"
+    )
+    ins.add_argument(
+        "--png", type=path_arg, metavar="FILE", help="the picture to write, instead of --out"
+    )
+    ins.set_defaults(func=cmd_inspect)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every error that reaches here is one line on stderr."""
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except LstmkitError as e:
-        print(f"lstmkit: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except TrainingError as e:
-        print(f"lstmkit: error: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("lstmkit: interrupted; the last complete checkpoint is kept", file=sys.stderr)
-        return 130
+    except BaseException as e:  # noqa: BLE001 - the one place that turns errors into lines
+        if isinstance(e, SystemExit) or os.environ.get("LSTMKIT_DEBUG") == "1":
+            raise
+        code, line = failure(e)
+        if line:
+            print(f"lstmkit: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from lstmkit.checkpoint import Run
-from lstmkit.errors import DataError
+from lstmkit.errors import DataError, RunDirError
+from lstmkit.limits import MAX_CHARS, MAX_SEED, MAX_TEMPERATURE, MIN_TEMPERATURE
 
 
 @torch.no_grad()
@@ -23,13 +22,17 @@ def generate(
         raise DataError(
             f"generate needs a run of the text task, got a run of task {run.config.data.task!r}"
         )
-    if isinstance(chars, bool) or not isinstance(chars, int) or chars < 0:
-        raise DataError(f"chars must be an integer >= 0, got {chars!r}")
-    if (
-        not (isinstance(temperature, (int, float)) and math.isfinite(temperature))
-        or temperature <= 0
+    if isinstance(chars, bool) or not isinstance(chars, int) or not 0 <= chars <= MAX_CHARS:
+        raise DataError(f"chars must be an integer in 0..{MAX_CHARS}, got {chars!r}")
+    if not (
+        isinstance(temperature, (int, float)) and MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE
     ):
-        raise DataError(f"temperature must be a finite number > 0, got {temperature!r}")
+        raise DataError(
+            f"temperature must be a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], "
+            f"got {temperature!r}"
+        )
+    if seed is not None and not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
+        raise DataError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
     if not prompt:
         raise DataError("prompt must hold at least one character, got an empty prompt")
     lookup = {c: i for i, c in enumerate(vocab)}
@@ -50,9 +53,19 @@ def generate(
     logits, state = run.model(x, return_state=True)
     out = []
     for _ in range(chars):
-        probs = torch.softmax(logits[0, -1].double().cpu() / temperature, dim=-1)
-        nxt = int(torch.multinomial(probs, 1, generator=g))
+        nxt = _sample(logits[0, -1], temperature, g, run)
         out.append(vocab[nxt])
         x = torch.tensor([[nxt]], dtype=torch.long, device=device)
         logits, state = run.model(x, hx=state, return_state=True)
     return "".join(out)
+
+
+def _sample(logits: torch.Tensor, temperature: float, g: torch.Generator, run: Run) -> int:
+    """One id drawn from softmax(logits / temperature) (logits (V,))."""
+    z = logits.double().cpu() / temperature
+    if not bool(torch.isfinite(z).all()):
+        raise RunDirError(
+            f"run {run.path}: the model gives non-finite scores (NaN or Inf); its weights are "
+            "damaged or it diverged in training"
+        )
+    return int(torch.multinomial(torch.softmax(z, dim=-1), 1, generator=g))

@@ -155,7 +155,10 @@ def trace_run(run: Run, values) -> GateTrace:
     """The gate trace of ``run``'s first LSTM layer (forward direction) for ``values``."""
     lstm = run.model.lstm
     if lstm.proj_size:
-        raise ValueError("inspect does not support LSTM layers with a projection (proj_size > 0)")
+        raise DataError(
+            f"inspect draws layers without a projection; this run's LSTM has "
+            f"proj_size={lstm.proj_size}"
+        )
     weights = [getattr(lstm, f"{n}_l0", None) for n in ("weight_ih", "weight_hh")]
     biases = [getattr(lstm, f"{n}_l0", None) for n in ("bias_ih", "bias_hh")]
     with torch.no_grad():

@@ -19,6 +19,7 @@ from lstmkit.errors import RunDirError
 
 LOSS_PNG, FORECAST_PNG, GATES_PNG = "loss.png", "forecast.png", "gates.png"
 DPI = 100
+METRIC_COLUMNS = ("epoch", "train_loss", "val_loss")  # what plot_loss draws
 
 
 def _figure(width: float, height: float):
@@ -27,20 +28,40 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
+def _save(fig, out: str | Path) -> None:
+    """Render to memory, then replace ``out`` in one step: a full disk or a kill leaves the
+    previous picture, never half of one."""
+    import io
+
+    from lstmkit.checkpoint import atomic_write
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(out).suffix.lstrip(".").lower() or "png")
+    atomic_write(Path(out), buf.getvalue())
+
+
 def read_metrics(run_dir: str | Path) -> dict[str, list[float]]:
     """metrics.csv as columns: ``{"epoch": [...], "train_loss": [...], ...}``."""
     path = Path(run_dir) / METRICS
+    if not path.is_file():
+        raise RunDirError(f"run directory {path.parent} has no {METRICS} to plot")
     try:
         with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        raise RunDirError(f"run directory {path.parent} has no {METRICS} to plot") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise RunDirError(f"{path} is corrupted: {e}") from None
     if not rows:
         raise RunDirError(f"{path} holds no epochs yet")
+    missing = [k for k in METRIC_COLUMNS if k not in rows[0]]
+    if missing:
+        raise RunDirError(f"{path} is corrupted: no column {', '.join(missing)}")
     try:
-        return {k: [float(r[k]) for r in rows] for k in rows[0]}
+        m = {k: [float(r[k]) for r in rows] for k in rows[0]}
     except (TypeError, ValueError) as e:
         raise RunDirError(f"{path} is corrupted: {e}") from None
+    if not all(math.isfinite(v) for k in METRIC_COLUMNS for v in m[k]):
+        raise RunDirError(f"{path} is corrupted: {', '.join(METRIC_COLUMNS)} must be finite")
+    return m
 
 
 def plot_loss(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -61,7 +82,7 @@ def plot_loss(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ax.set_title(f"Loss of {Path(run_dir).name}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.savefig(out)
+    _save(fig, out)
     return out
 
 
@@ -129,7 +150,7 @@ def plot_forecast(run: Run, out: str | Path | None = None) -> Path | None:
     ax.set_title(f"{run.config.data.task}: predictions on the first test sequence")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.savefig(out)
+    _save(fig, out)
     return out
 
 
@@ -158,36 +179,56 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     return written + ([fc] if fc else [])
 
 
+# The gate picture: six panels in a 3 x 2 grid (gates i, f / g, o / states c, h), sized to
+# fit a laptop screen whatever T and H are: at most GATES_MAX_INCHES at DPI.
+GATES_GRID = (3, 2)
+GATES_MAX_INCHES = (16.0, 10.0)
+MAX_TICKS = 15  # step labels per panel
+CAPTION_WIDTH = 85  # characters per caption line at the panel's width
+
+
+def gates_size(T: int, H: int) -> tuple[float, float]:
+    """Figure inches for T steps and H units: grows with both, capped to fit a screen."""
+    width = min(max(10.0, 2 * (0.3 * T + 2)), GATES_MAX_INCHES[0])
+    height = min(max(7.0, 3 * (1.6 + 0.12 * H)), GATES_MAX_INCHES[1])
+    return width, height
+
+
 def plot_gates(trace, values, out: str | Path, title: str = "", captions=None) -> Path:
-    """One heatmap per panel of ``trace`` (a :class:`lstmkit.inspect_gates.GateTrace`): rows are
-    hidden units, columns steps labelled with ``values`` (T,), a caption per panel
-    (``captions``: panel -> text, default the plain LSTM's)."""
+    """One heatmap per panel of ``trace`` (a :class:`lstmkit.inspect_gates.GateTrace`) in a
+    3 x 2 grid: rows are hidden units, columns steps labelled with ``values`` (T,), a caption
+    per panel (``captions``: panel -> text, default the plain LSTM's)."""
     from lstmkit.inspect_gates import CAPTIONS
 
     captions = captions or CAPTIONS
-
     panels = trace.panels()
     T, H = next(iter(panels.values())).shape
-    fig = _figure(min(max(7.0, 0.45 * T + 3), 30), len(panels) * (1.1 + min(0.22 * H, 6)))
-    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
-    every = max(1, math.ceil(T / 30))  # at most ~30 tick labels
-    ticks = list(range(0, T, every))
+    fig = _figure(*gates_size(T, H))
+    axes = fig.subplots(*GATES_GRID, squeeze=False).reshape(-1)
+    ticks = list(range(0, T, max(1, math.ceil(T / MAX_TICKS))))
     for ax, (name, v) in zip(axes, panels.items(), strict=True):
-        if name in ("input gate", "forget gate", "output gate"):
-            kw = {"cmap": "viridis", "vmin": 0.0, "vmax": 1.0}
-        else:  # signed: candidate and h in [-1, 1], c unbounded
-            lim = 1.0 if name != "cell state" else max(float(v.abs().max()), 1e-6)
-            kw = {"cmap": "RdBu_r", "vmin": -lim, "vmax": lim}
-        im = ax.imshow(v.detach().cpu().T.numpy(), aspect="auto", interpolation="nearest", **kw)
-        fig.colorbar(im, ax=ax, pad=0.01)
-        ax.set_title(f"{name}: {captions[name]}", fontsize=9, loc="left")
+        _heatmap(fig, ax, name, v)
+        caption = textwrap.fill(f"{name}: {captions[name]}", CAPTION_WIDTH)
+        ax.set_title(caption, fontsize=8, loc="left")
         ax.set_ylabel("unit")
-        ax.set_xticks(ticks, [f"{values[t]:g}" for t in ticks], fontsize=8)
-    axes[-1].set_xlabel("input value at each step")
+        ax.set_xticks(ticks, [f"{values[t]:g}" for t in ticks], fontsize=7)
+    for ax in axes[-GATES_GRID[1] :]:
+        ax.set_xlabel("input value at each step")
     if title:
         fig.suptitle(title)
-    fig.savefig(out)
+    _save(fig, out)
     return Path(out)
+
+
+def _heatmap(fig, ax, name: str, v) -> None:
+    """Gates on a fixed [0, 1] scale; signed values (g and h in [-1, 1], c unbounded) centred."""
+    if name in ("input gate", "forget gate", "output gate"):
+        kw = {"cmap": "viridis", "vmin": 0.0, "vmax": 1.0}
+    else:
+        lim = 1.0 if name != "cell state" else max(float(v.abs().max()), 1e-6)
+        kw = {"cmap": "RdBu_r", "vmin": -lim, "vmax": lim}
+    im = ax.imshow(v.detach().cpu().T.numpy(), aspect="auto", interpolation="nearest", **kw)
+    fig.colorbar(im, ax=ax, pad=0.01)
 
 
 def plot_inspect(run: Run, values, out: str | Path | None = None) -> Path:
@@ -201,5 +242,5 @@ def plot_inspect(run: Run, values, out: str | Path | None = None) -> Path:
         variant = run.model.lstm.variant
         described = variant.describe()
         if described:  # the variant, wrapped to the figure's width
-            title += "\n" + "\n".join(textwrap.wrap(described, 55))
+            title += "\n" + "\n".join(textwrap.wrap(described, 110))
         return plot_gates(trace, [float(v) for v in values], out, title, captions(variant))
