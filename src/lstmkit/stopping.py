@@ -1,0 +1,70 @@
+"""SIGINT and SIGTERM during training: stop at once, except inside a save.
+
+While :class:`Signals` is installed, either signal raises :class:`Stop` where the program is,
+so Ctrl-C in the first second stops as promptly as Ctrl-C mid-epoch. Inside :meth:`held`
+(a checkpoint, the overwrite swap) the signal waits until the block ends, so the message the
+trainer prints afterwards knows exactly which checkpoint is on disk.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+
+CAUGHT = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stop(BaseException):
+    """A signal arrived; the trainer turns this into :class:`lstmkit.errors.Interrupted`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+class Signals:
+    """Install with ``with Signals() as sig:``; the previous handlers come back at the end.
+    Outside the main thread (where Python cannot set handlers) it does nothing."""
+
+    def __init__(self) -> None:
+        self.hold = 0
+        self.pending: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> Signals:
+        if threading.current_thread() is threading.main_thread():
+            for s in CAUGHT:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.hold:
+            if self.pending is None:
+                self.pending = signum
+            return
+        raise Stop(signum)
+
+    @contextmanager
+    def held(self):
+        """Signals wait until the block has ended normally, then stop."""
+        self.hold += 1
+        try:
+            yield
+        finally:
+            self.hold -= 1
+        if not self.hold and self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise Stop(signum)
+
+    def ignore_from_now(self) -> None:
+        """Cleaning up after a stop: a second Ctrl-C must not cut the cleanup short."""
+        self.hold += 1
