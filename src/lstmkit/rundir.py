@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import time
@@ -250,9 +251,16 @@ def exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def _temporary(name: str) -> bool:
+    """Whether ``name`` is the temporary file of one of lstmkit's atomic writes."""
+    mine = RUN_FILES + (NEW, STAGING, DISCARD)
+    return name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in mine)
+
+
 def _ours_only(out: Path) -> list[Path]:
-    """What ``out`` holds besides lstmkit's lock and markers."""
-    return [p for p in out.iterdir() if p.name not in (LOCK, NEW, STAGING, DISCARD)]
+    """What ``out`` holds besides lstmkit's lock, markers and temporaries."""
+    mine = (LOCK, NEW, STAGING, DISCARD)
+    return [p for p in out.iterdir() if p.name not in mine and not _temporary(p.name)]
 
 
 def _unfinished(out: Path) -> bool:
@@ -263,8 +271,7 @@ def _unfinished(out: Path) -> bool:
 def _clear_unfinished(out: Path) -> None:
     """Remove what an unfinished start wrote: lstmkit's run files and their temporaries."""
     for p in out.iterdir():
-        ours = p.name in RUN_FILES or p.name == NEW
-        ours |= p.name.endswith(".tmp") and any(p.name.startswith(f".{f}.") for f in RUN_FILES)
+        ours = p.name in RUN_FILES or p.name == NEW or _temporary(p.name)
         if ours and (p.is_symlink() or p.is_file()):
             p.unlink(missing_ok=True)
 
@@ -350,6 +357,7 @@ def open_new(out: Path, overwrite: bool) -> Writer:
     lock = Lock(out)
     try:
         clean_siblings(out)
+        _remove_temporaries(out)
         if _unfinished(out):
             _clear_unfinished(out)
         check_new(out, overwrite, locked=True)  # again, now that we hold the lock
@@ -379,6 +387,11 @@ def open_resume(out: Path) -> Writer:
         clean_siblings(out)
         _remove_temporaries(out)
         pending = _unfinished(out)
+        if not pending and not _ours_only(out):
+            raise RunDirError(
+                f"run directory {out} has no train_state.pt to resume from (it is empty): "
+                f"start a run with `lstmkit train --out {shlex.quote(str(out))}`"
+            )
         if not pending and not (out / "train_state.pt").is_file():
             raise RunDirError(f"run directory {out} has no train_state.pt to resume from")
         if not pending:
@@ -392,6 +405,5 @@ def open_resume(out: Path) -> Writer:
 def _remove_temporaries(out: Path) -> None:
     """Temporary files of lstmkit's writes that a kill interrupted (never anyone else's)."""
     for p in out.iterdir():
-        ours = p.name.endswith(".tmp") and any(p.name.startswith(f".{f}.") for f in RUN_FILES)
-        if ours and (p.is_file() or p.is_symlink()):
+        if _temporary(p.name) and (p.is_file() or p.is_symlink()):
             p.unlink(missing_ok=True)

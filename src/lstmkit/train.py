@@ -23,6 +23,7 @@ from tqdm import tqdm
 from lstmkit import data as tasks
 from lstmkit import distributed, rundir
 from lstmkit.checkpoint import (
+    CONFIG,
     STATE,
     build_model,
     load_config,
@@ -212,6 +213,12 @@ def _setup(s: _Session, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
     run directory behind."""
     if resume:
         s.work = distributed.on_main(s.ctx, _open, s, resume, overwrite)
+        if s.ctx.is_main and s.writer.pending and not (s.out / CONFIG).is_file():
+            raise RunDirError(
+                f"{s.out} was stopped before its first checkpoint, before its config was "
+                f"saved: run your `lstmkit train --out {shlex.quote(str(s.out))}` command "
+                "again, without --resume"
+            )
         cfg, _ = load_config(s.out)  # the saved config is the one to continue
         cfg = tasks.resolve(validate(cfg))
     else:
