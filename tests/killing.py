@@ -48,7 +48,7 @@ def in_child(
     """Fork; the child runs ``fn()`` and sends itself ``sig`` at its ``write``-th atomic write
     (1-based, in ``phase``), or around the overwrite's exchange (``at_exchange`` "before" or
     "after"). Returns (exit status as a shell reports it, the child's stderr)."""
-    err = tempfile.TemporaryFile()
+    err = tempfile.TemporaryFile()  # noqa: SIM115 - the child writes it, the parent reads it
     pid = os.fork()
     if pid == 0:  # the child: never returns to the test runner
         code = 70

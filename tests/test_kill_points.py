@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from killing import PHASES, count_writes, in_child
 from safetensors.torch import load_file
 
-from killing import PHASES, count_writes, in_child
 from lstmkit.checkpoint import load_run, load_state
 from lstmkit.config import RunConfig
 from lstmkit.errors import RunDirError
