@@ -54,6 +54,7 @@ def in_child(
         code = 70
         try:
             os.dup2(err.fileno(), 2)
+            sys.stderr = open(2, "w", closefd=False, buffering=1)  # noqa: SIM115 - fd 2 itself
             torch.set_num_threads(1)
             _arm(write, phase, sig, at_exchange)
             code = fn() or 0

@@ -58,16 +58,26 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
     except OSError as e:
         raise DiskError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+    _sync_dir(path.parent)
+
+
+def _sync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable, where the system allows: the new file is in place
+    and its data synced already, so a directory that refuses fsync (EINVAL on some network
+    file systems) must not turn a save that happened into an error."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
 
 
 def write_json(path: Path, obj) -> None:
@@ -115,13 +125,6 @@ def metrics_csv(history: list[dict]) -> bytes:
         for r in history
     ]
     return ("\n".join(lines) + "\n").encode()
-
-
-def save_checkpoint(path: Path, state: TrainState) -> None:
-    """One checkpoint: the state first (the commit point a resume reads), then what is derived
-    from it (the best weights, the metrics), which a resume rewrites if a kill left them stale."""
-    save_state(Path(path) / STATE, state)
-    write_derived(path, state)
 
 
 def write_derived(path: Path, state: TrainState) -> None:

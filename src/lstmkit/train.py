@@ -28,8 +28,8 @@ from lstmkit.checkpoint import (
     build_model,
     load_config,
     load_state,
-    save_checkpoint,
     save_run,
+    save_state,
     write_derived,
 )
 from lstmkit.config import RunConfig, check_new_run, validate
@@ -330,9 +330,11 @@ def _checkpoint(s: _Session) -> None:
     if not s.ctx.is_main:
         return
     with s.sig.held():
-        save_checkpoint(s.work, _capture(s))
+        state = _capture(s)
+        save_state(s.work / STATE, state)  # the commit point: resumable from here
         s.committed = s.state.epoch
         s.writer.committed()
+        write_derived(s.work, state)  # a resume rewrites these if this fails or is cut
 
 
 def _validate(s: _Session) -> float:
