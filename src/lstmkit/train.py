@@ -295,7 +295,7 @@ def _restore(s: _Session, st: TrainState) -> None:
     """Continue from ``st``: checked against the model first, then loaded; the files derived
     from it are rewritten where a kill left them behind it."""
     where = str(s.out / STATE)
-    check_fits(st, s.model, s.opt, s.cfg.train.epochs, where)
+    check_fits(st, s.model, s.opt, s.cfg.train.epochs, s.steps_per_epoch, where)
     try:
         s.model.load_state_dict(st.model)
         s.opt.load_state_dict(st.optimizer)

@@ -138,12 +138,14 @@ def _history(v, bad: _Bad) -> list[dict]:
     return v
 
 
-def check_fits(st: TrainState, model, opt, epochs: int, where: str) -> None:
+def check_fits(st: TrainState, model, opt, epochs: int, steps_per_epoch: int, where: str) -> None:
     """Raise RunDirError unless ``st`` can continue ``model`` with optimizer ``opt`` for a
     run of ``epochs`` epochs: the same parameter names and shapes, and counts in range."""
     bad = _Bad(where)
     if st.epoch > epochs:
         raise bad(f"epoch {st.epoch} is past the run's {epochs} epochs")
+    if st.step > st.epoch * steps_per_epoch:
+        raise bad(f"step {st.step} is past {st.epoch} epochs of {steps_per_epoch} steps")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for name, weights in (("model", st.model), ("best.model", st.best_weights)):
         got = {k: tuple(v.shape) for k, v in weights.items()}
