@@ -211,9 +211,10 @@ def _setup(s: _Session, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
     """Everything before the first epoch. A new run checks its config, makes its data and
     runs its model once before it writes anything, so a config that cannot train leaves no
     run directory behind."""
+    pending = False  # a first start that never reached its first checkpoint
     if resume:
-        s.work = distributed.on_main(s.ctx, _open, s, resume, overwrite)
-        if s.ctx.is_main and s.writer.pending and not (s.out / CONFIG).is_file():
+        s.work, pending = distributed.on_main(s.ctx, _open, s, resume, overwrite)
+        if pending and not (s.out / CONFIG).is_file():
             raise RunDirError(
                 f"{s.out} was stopped before its first checkpoint, before its config was "
                 f"saved: run your `lstmkit train --out {shlex.quote(str(s.out))}` command "
@@ -232,18 +233,18 @@ def _setup(s: _Session, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
     _build(s)
     _probe(s)
     if not resume:
-        s.work = distributed.on_main(s.ctx, _open, s, resume, overwrite)
-    pending = s.ctx.is_main and s.writer.pending
+        s.work, _ = distributed.on_main(s.ctx, _open, s, resume, overwrite)
     if resume and not pending:
         _restore(s, load_state(s.out / STATE))
     else:  # a new run, or one whose first start never reached its first checkpoint
         _start(s)
 
 
-def _open(s: _Session, resume: bool, overwrite: bool) -> Path:
-    """Rank 0: lock the run directory; the folder to write into."""
+def _open(s: _Session, resume: bool, overwrite: bool) -> tuple[Path, bool]:
+    """Rank 0: lock the run directory; the folder to write into, and whether its first
+    checkpoint is still to be written."""
     s.writer = rundir.open_resume(s.out) if resume else rundir.open_new(s.out, overwrite)
-    return s.writer.work
+    return s.writer.work, s.writer.pending
 
 
 def _build(s: _Session) -> None:
@@ -365,14 +366,12 @@ def _loop(s: _Session, progress: bool | None) -> None:
     try:
         s.model.train()
         net = distributed.wrap(s.ctx, s.model, s.device)  # the model itself when alone
-        while st.epoch < cfg.train.epochs:
-            stop = _epoch(s, net, bar, clock)
+        while st.epoch < cfg.train.epochs and not st.stopped:
+            st.stopped = _epoch(s, net, bar, clock)
             due = time.perf_counter() - last_saved >= cfg.train.checkpoint_every
-            if due or stop or st.epoch == cfg.train.epochs:
+            if due or st.stopped or st.epoch == cfg.train.epochs:
                 _checkpoint(s)
                 last_saved = time.perf_counter()
-            if stop:
-                break
     finally:
         bar.close()
         if s.device.type == "cpu":
@@ -475,7 +474,7 @@ def _finish(s: _Session) -> Result:
         last["val_loss"],
         st.best_val,
         last["seconds"],
-        st.epoch < s.cfg.train.epochs,
+        st.stopped,
         _capture(s),
     )
 

@@ -38,6 +38,7 @@ class TrainState:
     best_val: float = math.inf
     best_epoch: int = -1  # -1: none yet; 0: the untrained model (a reference forecast)
     seconds: float = 0.0  # training time so far
+    stopped: bool = False  # ended before its last epoch (patience, --max-time): nothing to add
 
     def to_dict(self) -> dict:
         return {
@@ -50,6 +51,7 @@ class TrainState:
             "history": self.history,
             "best": {"val": self.best_val, "epoch": self.best_epoch, "model": self.best_weights},
             "seconds": self.seconds,
+            "stopped": self.stopped,
         }
 
     @classmethod
@@ -74,6 +76,7 @@ class TrainState:
             best_val=_number(best.get("val"), bad, "best.val"),
             best_epoch=_count(best.get("epoch"), bad, "best.epoch", low=-1),
             seconds=_number(d.get("seconds"), bad, "seconds"),
+            stopped=_typed(d.get("stopped", False), bool, bad, "stopped"),  # absent before 0.x
         )
         if len(st.history) != st.epoch:
             raise bad(f"history has {len(st.history)} rows for {st.epoch} epochs")
