@@ -169,3 +169,15 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     assert (ref / "metrics.csv").read_text().splitlines()[-1].split(",")[:5] == (
         out / "metrics.csv"
     ).read_text().splitlines()[-1].split(",")[:5]
+
+
+def test_resume_of_a_stopped_run_changes_nothing(tmp_path):
+    out = tmp_path / "run"
+    res = train_mod.train(_cfg(max_time=1e-6), out)  # out of time at once: stops in epoch 1
+    assert res.stopped_early and res.epochs < 4
+    before = _snapshot(out)
+    again = train_mod.train(RunConfig(), out, resume=True)
+    assert again.stopped_early and again.epochs == res.epochs
+    after = _snapshot(out)
+    assert after["model.safetensors"] == before["model.safetensors"]
+    assert after["metrics.csv"] == before["metrics.csv"]
