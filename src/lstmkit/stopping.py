@@ -28,23 +28,28 @@ class Stop(BaseException):
 
 
 class Signals:
-    """Install with ``with Signals() as sig:``; the previous handlers come back at the end.
-    Outside the main thread (where Python cannot set handlers) it does nothing."""
+    """:meth:`install` SIGINT/SIGTERM handlers; :meth:`restore` the previous ones. Outside
+    the main thread (where Python cannot set handlers) both do nothing."""
 
     def __init__(self) -> None:
         self.hold = 0
         self.pending: int | None = None
         self._previous: dict = {}
 
-    def __enter__(self) -> Signals:
+    def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
             for s in CAUGHT:
                 self._previous[s] = signal.signal(s, self._handle)
-        return self
 
-    def __exit__(self, *exc) -> None:
+    def restore(self, deliver: bool) -> None:
+        """Put the previous handlers back; ``deliver``: a signal that waited (the run had
+        finished when it came) now goes to them, as if lstmkit had not been there."""
+        self.hold += 1  # from here on a signal only waits
         for s, h in self._previous.items():
             signal.signal(s, h)
+        self._previous.clear()
+        if deliver and self.pending is not None:
+            signal.raise_signal(self.pending)
 
     def _handle(self, signum: int, frame) -> None:
         if self.hold:
@@ -66,5 +71,5 @@ class Signals:
             raise Stop(signum)
 
     def ignore_from_now(self) -> None:
-        """Cleaning up after a stop: a second Ctrl-C must not cut the cleanup short."""
+        """From now on a signal only waits (cleaning up after a stop or an error)."""
         self.hold += 1

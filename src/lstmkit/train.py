@@ -137,6 +137,7 @@ class _Session:
     ctx: distributed.Context
     out: Path
     sig: Signals
+    mode: str = ""  # "", "--resume" or "--overwrite": what the failure message repeats
     cfg: RunConfig | None = None
     writer: rundir.Writer | None = None  # rank 0's right to write the run directory
     work: Path | None = None  # where files go now: out, or (--overwrite) its staging sibling
@@ -172,20 +173,24 @@ def train(
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     ctx = distributed.setup(cfg.train.device)
+    mode = "--resume" if resume else "--overwrite" if overwrite else ""
+    s = _Session(ctx, Path(out), Signals(), mode)
     ok = False
     try:
-        with Signals() as sig:
-            s = _Session(ctx, Path(out), sig)
-            try:
-                _setup(s, cfg, resume, overwrite)
-                _loop(s, progress)
-                result = _finish(s)
-            except BaseException as e:
-                new = _failed(s, e)
-                if new is e:
-                    raise
-                raise new from None
+        try:
+            s.sig.install()  # inside the try: a signal from here on is answered in one line
+            _setup(s, cfg, resume, overwrite)
+            _loop(s, progress)
+            result = _finish(s)
+        except BaseException as e:
+            s.sig.ignore_from_now()  # a second Ctrl-C must not cut the cleanup short
+            new = _failed(s, e)
+            s.sig.restore(deliver=False)
+            if new is e:
+                raise
+            raise new from None
         ok = True
+        s.sig.restore(deliver=True)
         return result
     finally:
         distributed.teardown(ctx, ok)
@@ -243,7 +248,8 @@ def _setup(s: _Session, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
 def _open(s: _Session, resume: bool, overwrite: bool) -> tuple[Path, bool]:
     """Rank 0: lock the run directory; the folder to write into, and whether its first
     checkpoint is still to be written."""
-    s.writer = rundir.open_resume(s.out) if resume else rundir.open_new(s.out, overwrite)
+    with s.sig.held():  # a signal now waits until the writer exists, which then cleans up
+        s.writer = rundir.open_resume(s.out) if resume else rundir.open_new(s.out, overwrite)
     return s.writer.work, s.writer.pending
 
 
@@ -482,33 +488,36 @@ def _finish(s: _Session) -> Result:
 def _failed(s: _Session, e: BaseException) -> BaseException:
     """Leave the run directory as the message will say, and say it in one line: a stop by
     signal, a failed save or a NaN loss each name what was kept and what to run."""
-    s.sig.ignore_from_now()
     if s.writer is not None:
         s.writer.abort()  # an unresumable start (or staging) goes; a committed run stays
-    kept = _kept(s)
+    kept, command = _kept(s)
     if isinstance(e, Stop):
         where = f"in epoch {s.state.epoch + 1}" if s.state else "before training started"
         if s.finished:
             where = "after the run finished"
-        return Interrupted(f"interrupted by {e.name} {where}; {kept}", 128 + e.signum)
+        return Interrupted(f"interrupted by {e.name} {where}; {kept}{command}", 128 + e.signum)
     if isinstance(e, DiskError):
-        return DiskError(f"{e}; {kept}")
-    if isinstance(e, TrainingError):  # resuming would meet the same NaN: no command to offer
-        return TrainingError(f"{e}; {kept.split(': continue with')[0]}")
+        return DiskError(f"{e}; {kept}{command}")
+    if isinstance(e, TrainingError):  # running again would meet the same NaN: no command
+        return TrainingError(f"{e}; {kept}")
     return e
 
 
-def _kept(s: _Session) -> str:
+def _kept(s: _Session) -> tuple[str, str]:
+    """(what the run directory holds now, ": the command that goes on" or "")."""
     q = shlex.quote(str(s.out))
     if s.finished:
-        return f"the run in {s.out} is complete"
-    if s.writer is not None and s.writer.staged:
-        return f"{s.out} is unchanged (its replacement was discarded): run the same command again"
+        return f"the run in {s.out} is complete", ""
+    if s.mode == "--overwrite":
+        return (
+            f"{s.out} is unchanged (its replacement was discarded)",
+            ": run the same command again",
+        )
+    if s.committed is None and s.mode == "--resume":
+        return f"{s.out} is as it was", f": `lstmkit train --out {q} --resume` continues it"
     if s.committed is None:
-        if s.writer is not None and not s.writer.fresh:
-            return f"{s.out} is as it was: `lstmkit train --out {q} --resume` starts it again"
-        return "nothing was kept: run the same command again"
+        return "nothing was kept", ": run the same command again"
     return (
-        f"the checkpoint of epoch {s.committed} in {s.out} is kept: continue with "
-        f"`lstmkit train --out {q} --resume`"
+        f"the checkpoint of epoch {s.committed} in {s.out} is kept",
+        f": continue with `lstmkit train --out {q} --resume`",
     )
