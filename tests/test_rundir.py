@@ -145,14 +145,21 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert _files(out) == {"cat.jpg": b"meow"}
 
 
-def test_a_config_that_cannot_train_writes_nothing(tmp_path, capsys, monkeypatch):
+def test_a_model_that_cannot_run_writes_nothing(tmp_path, monkeypatch):
+    """As `--backend triton` on a machine without a GPU: the model builds, its first forward
+    fails; that must happen before the run directory exists, or it blocks the rerun."""
+    from lstmkit.model import SequenceModel
+
     out = tmp_path / "run"
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    cfg = _cfg()
-    cfg.model.backend, cfg.train.device = "triton", "cpu"
-    with pytest.raises(ValueError, match="triton"):  # the backends' error (a ValueError)
-        train(cfg, out)
-    assert not out.exists()  # nothing to block the rerun
+
+    def cannot_run(self, *a, **k):
+        raise ValueError("backend 'triton' does not support device cpu")
+
+    monkeypatch.setattr(SequenceModel, "forward", cannot_run)
+    with pytest.raises(ValueError, match="does not support device cpu"):
+        train(_cfg(), out)
+    assert not out.exists()
+    monkeypatch.undo()
     assert main(["train", "--out", str(out), *SMALL]) == 0
 
 
