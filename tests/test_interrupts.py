@@ -211,3 +211,18 @@ def test_a_read_only_parent_is_one_line(tmp_path, capsys, monkeypatch):
         os.chmod(parent, 0o755)
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "Permission denied" in err, err
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path, reference):
+    """Started with SIGINT ignored (nohup, a background job): training is not stopped by it."""
+    out = tmp_path / "run"
+
+    def go():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+        signal.setitimer(signal.ITIMER_REAL, 0.01, 0.01)  # again and again while it trains
+        return _train_reporting(out)()
+
+    code, err = in_child(go)
+    assert code == 0, err
+    _same_weights(reference[0], out)

@@ -39,6 +39,8 @@ class Signals:
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
             for s in CAUGHT:
+                if signal.getsignal(s) is signal.SIG_IGN:
+                    continue  # ignored by whoever started us (nohup, a background job): keep so
                 self._previous[s] = signal.signal(s, self._handle)
 
     def restore(self, deliver: bool) -> None:
