@@ -25,6 +25,7 @@ from lstmkit.train import train
 
 def _cfg(seed: int = 0) -> RunConfig:
     cfg = RunConfig()
+    cfg.train.device = "cpu"  # the tests fork; a forked child cannot use CUDA its parent began
     cfg.train.epochs, cfg.train.seed, cfg.train.checkpoint_every = 3, seed, 0.0
     cfg.data.num_train, cfg.data.num_val, cfg.model.hidden_size = 48, 16, 6
     return cfg
@@ -108,7 +109,8 @@ def test_ctrl_c_through_the_cli_exits_130_in_one_line(tmp_path):
     def go():
         signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
         signal.setitimer(signal.ITIMER_REAL, 0.05)
-        return main(["train", "--out", str(out), "--epochs", "200", "--num-train", "48"])
+        args = ["--epochs", "200", "--num-train", "48", "--device", "cpu"]
+        return main(["train", "--out", str(out), *args])
 
     code, err = in_child(go)
     assert code == 130 and "Traceback" not in err and err.strip().count("\n") == 0, err

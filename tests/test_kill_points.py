@@ -19,6 +19,7 @@ from lstmkit.train import train
 
 def _cfg(seed: int = 0) -> RunConfig:
     cfg = RunConfig()
+    cfg.train.device = "cpu"  # the tests fork; a forked child cannot use CUDA its parent began
     cfg.train.epochs, cfg.train.seed, cfg.train.checkpoint_every = 3, seed, 0.0
     cfg.data.num_train, cfg.data.num_val, cfg.model.hidden_size = 48, 16, 6
     return cfg

@@ -16,10 +16,12 @@ from lstmkit.config import RunConfig
 from lstmkit.train import train
 
 SMALL = ["--epochs", "2", "--num-train", "32", "--num-val", "16", "--hidden-size", "6"]
+SMALL += ["--device", "cpu"]  # the tests fork; a forked child cannot use CUDA its parent began
 
 
 def _cfg(seed: int = 0, epochs: int = 2) -> RunConfig:
     cfg = RunConfig()
+    cfg.train.device = "cpu"  # the tests fork; a forked child cannot use CUDA its parent began
     cfg.train.epochs, cfg.train.seed = epochs, seed
     cfg.data.num_train, cfg.data.num_val, cfg.model.hidden_size = 32, 16, 6
     return cfg
