@@ -189,3 +189,30 @@ def test_an_unfinished_start_does_not_block_a_rerun(tmp_path):
     train(_cfg(seed=5), out)  # not "already exists"
     assert load_state(out / "train_state.pt").epoch == 2
     assert load_run(out).config.train.seed == 5
+
+
+def test_a_swap_that_fails_puts_the_old_run_back(tmp_path, monkeypatch):
+    import errno
+
+    from lstmkit.errors import DiskError
+
+    out = tmp_path / "run"
+    train(_cfg(), out)
+    before = _files(out)
+    real_rename = os.rename
+    calls = {"n": 0}
+
+    def second_fails(a, b):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the staging into place: refused
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+        real_rename(a, b)
+
+    monkeypatch.setattr(rundir, "exchange", lambda a, b: False)  # the two-rename path
+    monkeypatch.setattr(os, "rename", second_fails)
+    with pytest.raises(DiskError, match="is unchanged") as e:
+        train(_cfg(seed=8), out, overwrite=True)
+    monkeypatch.undo()
+    assert "\n" not in str(e.value) and "Permission denied" in str(e.value)
+    assert _files(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # the new run's staging went

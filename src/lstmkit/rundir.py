@@ -194,8 +194,9 @@ def recover_swap(out: Path) -> None:
     if not out.exists() and not out.is_symlink():
         for p, name, marker in list(_siblings(out)):
             if name == STAGING and marker.get("finished") and _is_free(p):
-                os.rename(p, out)
-                (out / STAGING).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # another writer may be doing the same
+                    os.rename(p, out)
+                    (out / STAGING).unlink(missing_ok=True)
                 return
 
 
@@ -213,20 +214,35 @@ def new_staging(out: Path) -> tuple[Path, Lock]:
 
 
 def swap_in(staging: Path, out: Path) -> None:
-    """Replace ``out`` by the finished run in ``staging``; the old run is deleted."""
-    _write_marker(staging / STAGING, {"for": out.name, "finished": True})
-    _write_marker(out / DISCARD, {"for": out.name})  # the old run: lstmkit's to delete
-    if exchange(staging, out):  # one atomic step: staging's path now holds the old run
+    """Replace ``out`` by the finished run in ``staging``; the old run is deleted. On an
+    error ``out`` is the old run, whole."""
+    try:
+        _write_marker(staging / STAGING, {"for": out.name, "finished": True})
+        _write_marker(out / DISCARD, {"for": out.name})  # the old run: lstmkit's to delete
+        if not exchange(staging, out):
+            _rename_twice(staging, out)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            (out / DISCARD).unlink(missing_ok=True)  # out is the old run, and stays
+        raise disk_error(e, f"{out} (replacing it by the new run)") from None
+    # staging's path now holds the old run; the new run's staging marker goes
+    with contextlib.suppress(OSError):
         (out / STAGING).unlink(missing_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        return
-    # No atomic exchange here: two renames. A kill between them leaves out missing and the
-    # finished run in its sibling, which the next lstmkit writer swaps in (recover_swap).
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _rename_twice(staging: Path, out: Path) -> None:
+    """The swap without an atomic exchange. A kill between the two renames leaves ``out``
+    missing and the finished run in its sibling, which the next lstmkit writer swaps in
+    (:func:`recover_swap`); an error puts the old run back."""
     old = out.parent / f"{SIBLING_PREFIX}{secrets.token_hex(4)}"
     os.rename(out, old)
-    os.rename(staging, out)
-    (out / STAGING).unlink(missing_ok=True)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.rename(staging, out)
+    except OSError:
+        os.rename(old, out)
+        raise
+    os.rename(old, staging)  # where the caller deletes it
 
 
 _libc = None
