@@ -13,6 +13,7 @@ import lstmkit.rundir as rundir
 from lstmkit.checkpoint import load_run, load_state
 from lstmkit.cli import main
 from lstmkit.config import RunConfig
+from lstmkit.errors import RunDirError
 from lstmkit.train import train
 
 SMALL = ["--epochs", "2", "--num-train", "32", "--num-val", "16", "--hidden-size", "6"]
@@ -186,6 +187,8 @@ def test_an_unfinished_start_does_not_block_a_rerun(tmp_path):
 
     assert in_child(die_after_config)[0] == 137
     assert (out / "config.json").is_file() and not (out / "train_state.pt").exists()
+    with pytest.raises(RunDirError, match="stopped before its first checkpoint"):
+        load_run(out)  # its weights are the untrained ones: not a model to predict with
     train(_cfg(seed=5), out)  # not "already exists"
     assert load_state(out / "train_state.pt").epoch == 2
     assert load_run(out).config.train.seed == 5

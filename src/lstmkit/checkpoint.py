@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from lstmkit import __version__
 from lstmkit.config import RunConfig, from_dict, to_dict
 from lstmkit.errors import ConfigError, DiskError, RunDirError
 from lstmkit.model import SequenceModel
+from lstmkit.rundir import NEW
 from lstmkit.scaling import Scaler
 from lstmkit.trainstate import HISTORY_COLUMNS, TrainState
 
@@ -308,6 +310,11 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
     path = Path(path)
     if not path.is_dir():
         raise RunDirError(f"run directory {path} does not exist (train one with `lstmkit train`)")
+    if (path / NEW).is_file() and not (path / STATE).exists():  # see lstmkit.rundir
+        raise RunDirError(
+            f"run directory {path} is a start that stopped before its first checkpoint: "
+            f"train it again with `lstmkit train --out {shlex.quote(str(path))}`"
+        )
     missing = [f for f in REQUIRED if not (path / f).is_file()]
     if missing:
         raise RunDirError(f"run directory {path} is incomplete: missing {', '.join(missing)}")
