@@ -285,11 +285,13 @@ def _unfinished(out: Path) -> bool:
 
 
 def _clear_unfinished(out: Path) -> None:
-    """Remove what an unfinished start wrote: lstmkit's run files and their temporaries."""
+    """Remove what an unfinished start wrote: lstmkit's run files and their temporaries,
+    the marker last (a kill midway leaves a start that is still recognisably unfinished)."""
     for p in out.iterdir():
-        ours = p.name in RUN_FILES or p.name == NEW or _temporary(p.name)
+        ours = p.name in RUN_FILES or _temporary(p.name)
         if ours and (p.is_symlink() or p.is_file()):
             p.unlink(missing_ok=True)
+    (out / NEW).unlink(missing_ok=True)
 
 
 def check_new(out: Path, overwrite: bool, locked: bool = False) -> None:
