@@ -73,6 +73,14 @@ def test_oversized_config_is_refused_before_allocating(good, tmp_path, capsys, h
     _one_line_error(run, capsys)
 
 
+def test_a_million_layers_are_refused_at_once(good, tmp_path, capsys):
+    run = _copy(good, tmp_path)
+    _edit_json(run / "config.json", lambda d: d["config"]["model"].update(num_layers=10**7))
+    started = time.perf_counter()
+    _one_line_error(run, capsys, "10000000 layers")
+    assert time.perf_counter() - started < 2
+
+
 def test_oversized_vocab_and_output_are_refused(good, tmp_path, capsys):
     run = _copy(good, tmp_path)
     _edit_json(run / "config.json", lambda d: d["task"].update(output_size=10**9))

@@ -280,8 +280,17 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple]]:
     return out
 
 
-def _check_weights_file(path: Path, expected: dict[str, tuple]) -> None:
+def _check_weights_file(path: Path, cfg: RunConfig, task: dict, where: str) -> None:
+    """The weights file holds exactly the tensors ``cfg`` builds: read from its header, the
+    model's shapes found on the meta device, its layer count checked first (building a
+    million meta layers would take long before failing)."""
     header = read_header(path)
+    layers = cfg.model.num_layers
+    if isinstance(layers, int) and layers > len(header):
+        raise RunDirError(
+            f"{path} does not match its config: {layers} layers, but it holds {len(header)} tensors"
+        )
+    expected = expected_weights(cfg, task, where)
     if set(header) != set(expected):
         extra, lacking = sorted(set(header) - set(expected)), sorted(set(expected) - set(header))
         raise RunDirError(
@@ -319,7 +328,7 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
     if missing:
         raise RunDirError(f"run directory {path} is incomplete: missing {', '.join(missing)}")
     cfg, task = load_config(path)
-    _check_weights_file(path / WEIGHTS, expected_weights(cfg, task, str(path / CONFIG)))
+    _check_weights_file(path / WEIGHTS, cfg, task, str(path / CONFIG))
     scaler = _check_scaler(Scaler.from_dict(_read_json(path / SCALER)), path / SCALER)
     try:
         weights = st_load((path / WEIGHTS).read_bytes())
