@@ -81,6 +81,16 @@ def test_a_million_layers_are_refused_at_once(good, tmp_path, capsys):
     assert time.perf_counter() - started < 2
 
 
+def test_resume_of_an_oversized_config_is_refused_before_building(good, tmp_path, capsys):
+    run = _copy(good, tmp_path)
+    _edit_json(run / "config.json", lambda d: d["config"]["model"].update(hidden_size=10**6))
+    started = time.perf_counter()
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "does not match its config" in err, err
+    assert time.perf_counter() - started < 3
+
+
 def test_oversized_vocab_and_output_are_refused(good, tmp_path, capsys):
     run = _copy(good, tmp_path)
     _edit_json(run / "config.json", lambda d: d["task"].update(output_size=10**9))

@@ -304,6 +304,13 @@ def _check_weights_file(path: Path, cfg: RunConfig, task: dict, where: str) -> N
             )
 
 
+def check_sizes(path: Path) -> None:
+    """Raise RunDirError unless run ``path``'s config.json describes the model its weights
+    file holds (read from the header; nothing allocated): before a resume builds it."""
+    cfg, task = load_config(path)
+    _check_weights_file(Path(path) / WEIGHTS, cfg, task, str(Path(path) / CONFIG))
+
+
 def _check_scaler(scaler: Scaler, path: Path) -> Scaler:
     if not (math.isfinite(scaler.center) and math.isfinite(scaler.scale) and scaler.scale != 0):
         raise RunDirError(

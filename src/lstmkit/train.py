@@ -26,6 +26,7 @@ from lstmkit.checkpoint import (
     CONFIG,
     STATE,
     build_model,
+    check_sizes,
     load_config,
     load_state,
     save_run,
@@ -225,6 +226,8 @@ def _setup(s: _Session, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
                 f"saved: run your `lstmkit train --out {shlex.quote(str(s.out))}` command "
                 "again, without --resume"
             )
+        if not pending:  # sizes against the weights file before the model is built
+            check_sizes(s.out)
         cfg, _ = load_config(s.out)  # the saved config is the one to continue
         cfg = tasks.resolve(validate(cfg))
     else:
