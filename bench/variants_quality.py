@@ -85,7 +85,10 @@ QUICK = {
 
 
 def _config(base: dict, **sections) -> dict:
-    return {s: {**base.get(s, {}), **sections.get(s, {})} for s in ("model", "data", "train")}
+    names = ("model", "data", "train", "text")
+    return {
+        s: {**base.get(s, {}), **sections.get(s, {})} for s in names if s in base or s in sections
+    }
 
 
 def _train(cfg: dict, tmp: Path, name: str):
@@ -109,7 +112,8 @@ def run_text(spec: dict, text: Path, seeds, tmp: Path) -> list[dict]:
             cfg = _config(
                 spec["text"],
                 model=variant,
-                data={"task": "text", "text": str(text)},
+                data={"task": "text"},
+                text={"file": str(text)},
                 train={"seed": seed},
             )
             _, res, wall, history = _train(cfg, tmp, f"text-{len(rows)}")

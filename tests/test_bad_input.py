@@ -77,12 +77,12 @@ CASES = [
     (
         "flag-hidden-zero",
         lambda t, g: ["train", "--out", str(t / "n"), "--hidden-size", "0"],
-        ["model.hidden_size must be > 0, got 0"],
+        ["model.hidden_size must be in [1, 1048576], got 0"],
     ),
     (
         "flag-lr-zero",
         lambda t, g: ["train", "--out", str(t / "n"), "--lr", "0"],
-        ["train.lr must be > 0, got 0.0"],
+        ["train.lr must be > 0 and <= 1000, got 0.0"],
     ),
     (
         "flag-lr-nan",
@@ -112,7 +112,7 @@ CASES = [
     (
         "config-hidden-zero",
         lambda t, g: _setup_config(t, "[model]\nhidden_size = 0\n"),
-        ["model.hidden_size must be > 0, got 0"],
+        ["model.hidden_size must be in [1, 1048576], got 0"],
     ),
     (
         "config-dropout",
@@ -122,7 +122,7 @@ CASES = [
     (
         "config-lr-negative",
         lambda t, g: _setup_config(t, "[train]\nlr = -1e-3\n"),
-        ["train.lr must be > 0, got -0.001"],
+        ["train.lr must be > 0 and <= 1000, got -0.001"],
     ),
     (
         "config-bad-choice",
@@ -197,7 +197,7 @@ CASES = [
     (
         "run-format-version",
         lambda t, g: _broken_run(t, g, "version"),
-        ["has format version 99; this lstmkit reads version 1"],
+        ["has format version 99; this lstmkit reads versions 1, 2"],
     ),
     (
         "run-shapes-mismatch",

@@ -46,7 +46,7 @@ def test_config_file_and_flags(tmp_path, capsys):
     assert saved["config"]["model"]["hidden_size"] == 8
     assert saved["config"]["train"]["epochs"] == 3  # the flag overrides the file
     assert saved["config"]["train"]["seed"] == 3
-    assert saved["format_version"] == 1 and saved["lstmkit_version"]
+    assert saved["format_version"] == 2 and saved["lstmkit_version"]
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["predict"]])

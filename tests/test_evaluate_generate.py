@@ -68,7 +68,7 @@ def test_csv_run_evaluates_a_forecast_and_refuses_a_changed_file(tmp_path, capsy
     assert "needs at least 13 values to forecast, got 12" in capsys.readouterr().err
     src.write_text(src.read_text().replace("432", "433"))
     assert main(["evaluate", "--run", str(run)]) == 2
-    assert "changed since training: sha256 was" in capsys.readouterr().err
+    assert "changed since training (its SHA-256 differs)" in capsys.readouterr().err
 
 
 def _airline():

@@ -12,7 +12,7 @@ import torch
 from lstmkit import data as tasks
 from lstmkit import timeseries as ts
 from lstmkit.cli import main
-from lstmkit.config import DataConfig, RunConfig
+from lstmkit.config import CsvConfig, DataConfig, RunConfig
 from lstmkit.data import csv
 from lstmkit.errors import DataError
 
@@ -160,7 +160,7 @@ def test_a_run_says_what_it_inferred(tmp_path, capsys):
     assert line.startswith("series: quarterly; period 4 (quarterly data, autocorrelation")
     saved = json.loads((out / "config.json").read_text())
     d, inferred = saved["config"]["data"], saved["task"]["meta"]["inferred"]
-    assert (d["period"], d["horizon"], d["length"]) == (4, 8, 24)
+    assert (d["period"], saved["config"]["csv"]["horizon"], d["length"]) == (4, 8, 24)
     assert d["scaling"] == inferred["scaling"] in ("diff", "drift", "standard", "seasonal")
     assert (
         inferred["frequency"] == "quarterly" and "reference-forecast" in inferred["scaling_reason"]
@@ -174,9 +174,12 @@ def test_a_run_says_what_it_inferred(tmp_path, capsys):
 def test_validation_scores_horizon_step_forecasts(tmp_path):
     path = _quarterly(tmp_path)
     cfg = tasks.resolve(
-        RunConfig(data=DataConfig(task="csv", csv=path, date_column="date", test_size=8, horizon=4))
+        RunConfig(
+            data=DataConfig(task="csv"),
+            csv=CsvConfig(file=path, date_column="date", test_size=8, horizon=4),
+        )
     )
-    td = tasks.make(cfg.data, 0)
+    td = tasks.make(cfg, 0)
     fv = td.forecast_val
     assert fv["context"].shape[1:] == (24, 1) and fv["target"].shape[1] == 4
     v = csv.read_series(path, "v", "date")
@@ -197,7 +200,7 @@ def test_the_checkpoint_is_never_worse_than_the_reference_forecast(tmp_path):
     from lstmkit.train import forecast_error
 
     run = load_run(out)
-    td = tasks.make(run.config.data, 0)
+    td = tasks.make(run.config, 0)
     best = forecast_error(run.model, run.scaler, td.forecast_val, run.config.data.length, "cpu")
     run.model.head.weight.data.zero_()
     run.model.head.bias.data.zero_()
@@ -211,10 +214,9 @@ def test_a_run_written_before_these_fields_still_loads(tmp_path, capsys):
     out = tmp_path / "old"
     assert main(["train", "--out", str(out), *TINY, "--task", "csv", "--csv", str(src)]) == 0
     cfg = json.loads((out / "config.json").read_text())
-    d = cfg["config"]["data"]
     for key in ("horizon", "fill", "rows"):
-        del d[key]
-    d.update(scaling="auto", period=12, length=24)
+        del cfg["config"]["csv"][key]
+    cfg["config"]["data"].update(scaling="auto", period=12, length=24)
     (out / "config.json").write_text(json.dumps(cfg))
     capsys.readouterr()
     assert main(["evaluate", "--run", str(out), "--json"]) == 0
@@ -316,11 +318,11 @@ def test_test_size_zero_trains_on_all_the_data(tmp_path, capsys):
     flags = ["--task", "csv", "--csv", path, "--date-column", "date", "--test-size", "0"]
     assert main(["train", "--out", str(out), *TINY, *flags]) == 0
     saved = json.loads((out / "config.json").read_text())
-    assert saved["config"]["data"]["horizon"] == 4  # the season when nothing is held out
+    assert saved["config"]["csv"]["horizon"] == 4  # the season when nothing is held out
     from lstmkit.checkpoint import load_run
 
     run = load_run(out)
-    td = tasks.make(run.config.data, 0)
+    td = tasks.make(run.config, 0)
     assert td.train.y[-1, -1, 0].item() == pytest.approx(csv.read_series(path, "v", "date")[-1])
     assert main(["evaluate", "--run", str(out)]) == 2
     assert "held out no test values" in capsys.readouterr().err

@@ -7,18 +7,19 @@ import pytest
 import torch
 
 from lstmkit import data as tasks
-from lstmkit.config import DataConfig, RunConfig
+from lstmkit.config import DataConfig, RunConfig, from_dict
 from lstmkit.data import adding, copy, csv, text
 from lstmkit.errors import ConfigError, DataError
-from lstmkit.evaluate import series_baselines
 from lstmkit.metrics import classes, series
 from lstmkit.scaling import Scaler
 
 AIRLINE_SUM, AIRLINE_N = 40363, 144
 
 
-def _data(task: str, **kw) -> DataConfig:
-    return tasks.resolve(RunConfig(data=DataConfig(task=task, **kw))).data
+def _data(task: str, **kw) -> RunConfig:
+    """The resolved config of ``task`` with options ``kw``, named as a format-1 [data] table
+    (csv=, text=, test_size=): ``legacy`` moves each to its section."""
+    return tasks.resolve(from_dict({"data": {"task": task, **kw}}, legacy=True))
 
 
 @pytest.fixture
@@ -75,7 +76,7 @@ def test_task_defaults_fill_only_unset_fields():
     assert (cfg.data.length, cfg.train.lr) == (7, 0.123)
     assert tasks.resolve(RunConfig()).data.length == 4  # counting keeps the tutorial's
     with pytest.raises(ConfigError, match="unresolved"):
-        tasks.make(RunConfig().data, 0)
+        tasks.make(RunConfig(), 0)
 
 
 def test_adding_problem_structure_and_constant_baseline():
@@ -86,8 +87,8 @@ def test_adding_problem_structure_and_constant_baseline():
     assert (markers[:, :20].sum(1) == 1).all() and (markers[:, 20:].sum(1) == 1).all()
     torch.testing.assert_close(y[:, -1, 0], (x[..., 0] * markers).sum(1))
     assert m[:, -1].all() and not m[:, :-1].any()
-    const = adding.baselines(td, None)["constant 1.0"]
-    assert abs(adding.score(const, y, m)["mse"] - 1 / 6) < 0.01
+    const = adding.TASK.baselines(td, None)["constant 1.0"]
+    assert abs(adding.TASK.score(const, y, m)["mse"] - 1 / 6) < 0.01
 
 
 def test_copy_task_structure_and_uniform_baseline():
@@ -97,7 +98,7 @@ def test_copy_task_structure_and_uniform_baseline():
     torch.testing.assert_close(y[:, -10:], x[:, :10])
     assert (x[:, 16] == copy.DELIMITER).all() and m.sum() == 640 and m[:, -10:].all()
     assert ((x[:, :10] >= 1) & (x[:, :10] <= 8)).all()
-    ((name, logits),) = copy.baselines(td, None).items()
+    ((name, logits),) = copy.TASK.baselines(td, None).items()
     assert abs(classes(logits, y, m)["cross_entropy"] - math.log(8)) < 1e-6
 
 
@@ -120,7 +121,7 @@ def test_csv_builtin_airline_split_in_time_order():
 def test_csv_seasonal_naive_matches_the_reference_figures():
     cfg = _data("csv")
     td = tasks.make(cfg, 0)
-    base = csv.baselines(td, cfg)
+    base = csv.TASK.baselines(td, cfg)
     sn = series(base["seasonal naive (12)"], td.test.y, td.test.mask)
     assert abs(math.sqrt(sn["mse"]) - 77.0) < 0.05 and sn["mae"] == pytest.approx(71.25)
     assert math.sqrt(series(base["last value"], td.test.y, td.test.mask)["mse"]) == (
@@ -130,7 +131,7 @@ def test_csv_seasonal_naive_matches_the_reference_figures():
 
 def test_series_baselines_last_value_and_seasonal():
     td = _make("sine", length=20, num_train=4, num_val=4, num_test=4, period=5)
-    b = series_baselines(td, _data("sine", period=5))
+    b = tasks.series_baselines(td.test.x, 5)
     torch.testing.assert_close(b["last value"], td.test.x)
     torch.testing.assert_close(b["seasonal naive (5)"][:, 4:], td.test.x[:, :-4])
     assert torch.isnan(b["seasonal naive (5)"][:, :4]).all()
@@ -147,8 +148,8 @@ def test_text_vocab_split_and_unigram(shakespeare_like):
     first_val = "".join(vocab[i] for i in td.val.x[0])
     assert first_val == body[cut : cut + 16]
     assert td.train.x.shape == (32, 16) and td.test is td.val
-    (logits,) = text.baselines(td, cfg).values()
-    bpc = text.score(logits, td.test.y, td.test.mask)["bits_per_char"]
+    (logits,) = text.TASK.baselines(td, cfg).values()
+    bpc = text.TASK.score(logits, td.test.y, td.test.mask)["bits_per_char"]
     assert 3.0 < bpc < 4.5  # the unigram entropy of this line, about 3.6 bits
 
 
@@ -170,7 +171,10 @@ def _csv_file(tmp_path, body: str, name="s.csv"):
         ("d,v\n2000-01,1\n2000-02,x2\n", {}, "line 3, column 'v': expected a number, got 'x2'"),
         ("d,v\n2000-01,1\n2000-02,\n", {}, "line 3, column 'v': missing value ''; pass --fill"),
         ("d,v\n2000-01,nan\n", {}, "line 2, column 'v': missing value 'nan'; pass --fill"),
-        ("d,v\n2000-01,inf\n", {}, "expected a finite number, got 'inf'"),
+        ("d,v\n2000-01,inf\n", {}, "expected a finite number within float32's range"),
+        ("d,v\n2000-01,1e39\n", {}, "within float32's range (|x| <= 3.4e38), got '1e39'"),
+        ("d,v,v\n2000-01,1,2\n", {}, "two columns named 'v' (columns 2 and 3)"),
+        ("v\n1\n2\n\n4\n", {}, "line 4, column 'v': missing value ''; pass --fill"),
         ("d,v\n" + "2000-01,1\n" * 5, {}, "has 5 values in column 'v'"),
         ("a,b\n1,2\n", {}, "pass --column, one of 'a', 'b'"),
         (
@@ -186,6 +190,14 @@ def test_csv_errors_name_expected_and_actual(tmp_path, body, kw, message):
     with pytest.raises((DataError, ConfigError)) as e:
         tasks.make(_data("csv", csv=path, length=3, test_size=2, **kw), 0)
     assert message in str(e.value)
+
+
+def test_csv_blank_lines_at_the_end_are_not_values(tmp_path):
+    path = _csv_file(tmp_path, "v\n" + "".join(f"{i}\n" for i in range(12)) + "\n\n")
+    s = csv.read(path)
+    assert s.values == [float(i) for i in range(12)]
+    filled = csv.read(_csv_file(tmp_path, "v\n1\n\n3\n\n", "g.csv"), fill="interpolate")
+    assert filled.values == [1.0, 2.0, 3.0]  # the blank between rows is a gap, not skipped
 
 
 def test_csv_missing_and_binary_files(tmp_path):

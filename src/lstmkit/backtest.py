@@ -1,6 +1,6 @@
 """Rolling-origin evaluation of a csv run beside naive and classical baselines.
 
-K windows of H = data.horizon steps end at the series' end, their origins ``step`` apart.
+K windows of H = csv.horizon steps end at the series' end, their origins ``step`` apart.
 Each method forecasts every window from the values before its origin; MAE, RMSE, sMAPE and
 MASE (scaled by the in-sample seasonal-naive error of the values before the origin) are
 reported per window and on average. Without ``refit`` the run's own model forecasts every
@@ -160,9 +160,9 @@ class Backtest:
 def _series(run: Run):
     from lstmkit.data import csv
 
-    d = run.config.data
-    s = csv.read(d.csv, run.task["meta"]["column"], run.task["meta"]["date_column"], d.fill)
-    return s.values[: d.rows] if d.rows else s.values
+    c = run.config.csv
+    s = csv.read(c.file, run.task["meta"]["column"], run.task["meta"]["date_column"], c.fill)
+    return s.values[: c.rows] if c.rows else s.values
 
 
 def backtest(
@@ -181,7 +181,7 @@ def backtest(
         raise DataError(f"backtest takes a run of the csv task, got one of {cfg.data.task!r}")
     if isinstance(windows, bool) or windows < 1:
         raise ConfigError(f"--windows must be an integer >= 1, got {windows!r}")
-    H, p, L = cfg.data.horizon, cfg.data.period, cfg.data.length
+    H, p, L = cfg.csv.horizon, cfg.data.period, cfg.data.length
     step = H if step is None else step
     if step < 1:
         raise ConfigError(f"--step must be an integer >= 1, got {step!r}")
@@ -194,7 +194,7 @@ def backtest(
             f"{windows} windows of {H} steps, {step} apart, leave {origins[0]} values before "
             f"the first origin; it needs at least {need} (the series has {n} values)"
         )
-    held_out = n - cfg.data.test_size
+    held_out = n - cfg.csv.test_size
     bt = Backtest(H, p, origins, [o < held_out and not refit for o in origins])
     widths = {lv: [] for lv in levels}
     for o in origins:
@@ -220,7 +220,7 @@ def _refit(cfg, origin: int, tmp: str) -> Run:
     ``origin`` (the last H of them validate)."""
     from lstmkit.train import train
 
-    H = cfg.data.horizon
-    data = dataclasses.replace(cfg.data, rows=origin + H, test_size=H)
-    train(dataclasses.replace(cfg, data=data), tmp + "/run", progress=False)
+    H = cfg.csv.horizon
+    part = dataclasses.replace(cfg.csv, rows=origin + H, test_size=H)
+    train(dataclasses.replace(cfg, csv=part), tmp + "/run", progress=False)
     return load_run(tmp + "/run")

@@ -36,7 +36,8 @@ from lstmkit.rundir import NEW
 from lstmkit.scaling import Scaler
 from lstmkit.trainstate import HISTORY_COLUMNS, TrainState
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every task's own options in a section of its own ([csv] ...)
+READABLE = (1, 2)
 CONFIG, WEIGHTS, SCALER, METRICS, STATE = (
     "config.json",
     "model.safetensors",
@@ -212,13 +213,13 @@ def load_config(path: str | Path) -> tuple[RunConfig, dict]:
     """(config, task facts) of run directory ``path``, checked (RunDirError otherwise)."""
     meta = _read_json(Path(path) / CONFIG)
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE:
         raise RunDirError(
             f"{Path(path) / CONFIG} has format version {version!r:.40}; this lstmkit reads "
-            f"version {FORMAT_VERSION}"
+            f"versions {', '.join(map(str, READABLE))}"
         )
     try:
-        cfg = from_dict(meta["config"], source=str(Path(path) / CONFIG))
+        cfg = from_dict(meta["config"], source=str(Path(path) / CONFIG), legacy=version == 1)
         task = meta["task"]
         if not isinstance(task, dict):
             raise TypeError(f"'task' must be an object, got {type(task).__name__}")

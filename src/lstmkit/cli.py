@@ -10,7 +10,15 @@ import sys
 from pathlib import Path
 
 from lstmkit import __version__
-from lstmkit.config import PAIRS, SECTIONS, RunConfig, _field_type, from_dict, load_toml
+from lstmkit.config import (
+    SECTIONS,
+    RunConfig,
+    field_type,
+    flag_of,
+    from_dict,
+    load_toml,
+    rules,
+)
 from lstmkit.errors import DataError, LstmkitError, TrainingError
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
@@ -28,11 +36,11 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group(f"{section} (TOML table [{section}])")
         defaults = cls()
         for f in dataclasses.fields(cls):
-            t = _field_type(cls, f.name)
+            t = field_type(cls, f.name)
             is_bool = t is bool  # a switch: --layer-norm, or --layer-norm false
             metavar, help_ = HELP.get(f.name, (t.__name__.upper(), None))
             g.add_argument(
-                "--" + f.name.replace("_", "-"),
+                "--" + flag_of(section, f.name),
                 dest=f"{section}.{f.name}",
                 type=str,
                 default=None,
@@ -83,8 +91,8 @@ def config_from_args(args) -> RunConfig:
         for f in dataclasses.fields(cls):
             raw = getattr(args, f"{section}.{f.name}")
             if raw is not None:
-                t, flag = _field_type(cls, f.name), f.name.replace("_", "-")
-                if (section, f.name) in PAIRS and "," in raw:  # --zoneout 0.5,0.05
+                t, flag = field_type(cls, f.name), flag_of(section, f.name)
+                if rules(section, f.name).get("pair") and "," in raw:  # --zoneout 0.5,0.05
                     value = [_parse_value(t, r, flag) for r in raw.split(",")]
                 else:
                     value = _parse_value(t, raw, flag)
@@ -107,9 +115,9 @@ def cmd_train(args) -> int:
     from lstmkit.train import train
 
     if args.resume:
-        given = [k.split(".", 1)[1] for k, v in vars(args).items() if "." in k and v is not None]
+        given = [k.split(".", 1) for k, v in vars(args).items() if "." in k and v is not None]
         if args.config or given:
-            flag = "--config" if args.config else "--" + given[0].replace("_", "-")
+            flag = "--config" if args.config else "--" + flag_of(*given[0])
             raise LstmkitError(
                 f"--resume continues a run with its saved config; got {flag} as well "
                 "(start a new run with --out, or replace it with --overwrite)"
@@ -155,9 +163,9 @@ def cmd_predict(args) -> int:
     values = _numbers(args.values)
     dates = None
     if args.csv is not None or (not values and run.config.data.task == "csv"):
-        values, dates = _csv_context(run, args.csv or run.config.data.csv, values)
+        values, dates = _csv_context(run, args.csv or run.config.csv.file, values)
     if (args.level or args.out) and args.horizon is None:
-        args.horizon = run.config.data.horizon or 1  # intervals and --out are for forecasts
+        args.horizon = run.config.csv.horizon or 1  # intervals and --out are for forecasts
     if args.horizon is not None:
         pred = forecast(run, values, args.horizon)
         if args.level or args.out:
@@ -264,7 +272,7 @@ def _csv_context(run, path: str, values: list[float]):
     if values:
         raise DataError("give the context either as values or as --csv FILE, not both")
     meta = run.task["meta"]
-    s = read(path, meta["column"], meta.get("date_column", ""), run.config.data.fill)
+    s = read(path, meta["column"], meta.get("date_column", ""), run.config.csv.fill)
     return s.values, s.dates
 
 

@@ -13,8 +13,9 @@ import torch
 from torch import Tensor
 
 from lstmkit import data as tasks
-from lstmkit import metrics
 from lstmkit.checkpoint import Run
+from lstmkit.config import RunConfig
+from lstmkit.errors import DataError
 
 
 @dataclass
@@ -58,55 +59,46 @@ def one_step(run: Run, td: tasks.TaskData, batch_size: int = 512) -> Tensor:
     return torch.cat(out)
 
 
-def series_baselines(td: tasks.TaskData, cfg) -> dict[str, Tensor]:
-    """One-step naive predictions of a series split: the last value x_t, and with a period
-    p > 1 the value a season before the target, x_{t+1-p} (NaN where unknown)."""
-    x = td.test.x
-    out = {"last value": x.clone()}
-    p = cfg.period
-    if p > 1:
-        seasonal = torch.full_like(x, float("nan"))
-        seasonal[:, p - 1 :] = x[:, : x.size(1) - p + 1]
-        out[f"seasonal naive ({p})"] = seasonal
-    return out
+@torch.no_grad()
+def forecast_test(run: Run, td: tasks.TaskData) -> Tensor:
+    """The model's autoregressive forecast of the S masked test values of the one test
+    sequence from the L values before them, placed like the targets: (1, T, 1)."""
+    from lstmkit.data.csv import place
+    from lstmkit.forecast import forecast
+
+    S = int(td.test.mask.sum())
+    if not S:
+        raise DataError(
+            "this run held out no test values (--test-size 0); score it with "
+            "`lstmkit backtest --run DIR`"
+        )
+    L = run.config.data.length
+    fc = forecast(run, td.test.x[0, :L, 0].tolist(), S)
+    return place(td, torch.tensor(fc))
 
 
-def _default_score(td: tasks.TaskData):
-    if td.kind == "classification":
-        return metrics.classes
-    return metrics.series if td.series_scaling else metrics.mse
+def rebuild(run: Run) -> tuple[RunConfig, tasks.Task, tasks.TaskData]:
+    """The task data ``run`` trained on, rebuilt from its saved config and seed (its file
+    checked first for a file task)."""
+    cfg = tasks.resolve(run.config)  # a saved config is resolved; older runs may lack fields
+    task = tasks.get(cfg.data.task)
+    task.check_source(cfg, run.task.get("meta", {}))
+    return cfg, task, tasks.make(cfg, cfg.train.seed)
+
+
+def test_rows(run: Run, cfg: RunConfig, task: tasks.Task, td: tasks.TaskData) -> dict:
+    """{row name: predictions of td.test}: the model's, then the task's naive baselines."""
+    predict = forecast_test if task.forecast_test else one_step
+    return {"model": predict(run, td), **task.baselines(td, cfg)}
 
 
 def evaluate(run: Run) -> Report:
     """Score ``run`` and its task's baselines on the test split; see the module docstring."""
-    cfg = tasks.resolve(run.config)  # a saved config is resolved; older runs may lack fields
-    module = tasks.module(cfg.data.task)
-    td = tasks.make(cfg.data, cfg.train.seed)
-    check = getattr(module, "check_meta", None)
-    if check is not None:
-        check(run.task.get("meta", {}), td.meta)
-    predict = getattr(module, "test_predictions", one_step)
-    score = getattr(module, "score", None) or _default_score(td)
-    default_baselines = series_baselines if td.series_scaling else (lambda td, cfg: {})
-    preds = {"model": predict(run, td)}
-    preds.update(getattr(module, "baselines", default_baselines)(td, cfg.data))
+    cfg, task, td = rebuild(run)
+    preds = test_rows(run, cfg, task, td)
     mask = td.test.mask.clone()
     if td.kind == "regression":  # score every row on the steps all of them predict
         for p in preds.values():
             mask &= torch.isfinite(p).all(-1)
-    rows = {name: score(p, td.test.y, mask) for name, p in preds.items()}
-    return Report(cfg.data.task, _describe(cfg, td), int(mask.sum()), rows)
-
-
-def _describe(cfg, td: tasks.TaskData) -> str:
-    if cfg.data.task == "csv":
-        m = td.meta
-        return (
-            f"{m['test_size']}-step forecast of the held-out test values from "
-            f"{m['test_start']} (column {m['column']!r})"
-        )
-    if cfg.data.task == "text":
-        return "validation text, next character at every step"
-    if td.tokens or not bool(td.test.mask.all()):
-        return f"test split ({len(td.test)} sequences), masked steps"
-    return f"test split ({len(td.test)} sequences), one step ahead at every step"
+    rows = {name: task.score(p, td.test.y, mask) for name, p in preds.items()}
+    return Report(cfg.data.task, task.describe(td), int(mask.sum()), rows)

@@ -81,20 +81,16 @@ def forecasts_on_test(run: Run):
 
     Returns (truth (T+1,), scored (T,) bool, {name: predictions (T,)}), in data units:
     truth is the series x_0 .. x_{T-1}, y_{T-1}; predictions[t] is for truth[t + 1]; the
-    model's are the task's ``test_predictions`` (one step ahead by default, autoregressive
-    for csv) and the baselines its naive ones, exactly as :mod:`lstmkit.evaluate` uses them."""
+    model's are one step ahead (an autoregressive forecast for csv) and the baselines
+    its naive ones, exactly as :mod:`lstmkit.evaluate` uses them."""
     from lstmkit import data as tasks
     from lstmkit import evaluate
 
-    cfg = tasks.resolve(run.config)  # a saved config is resolved; older runs may not be
-    module = tasks.module(cfg.data.task)
-    td = tasks.make(cfg.data, cfg.train.seed)
+    cfg, task, td = evaluate.rebuild(run)
     first = slice(0, 1)
     td.test = tasks.Split(td.test.x[first], td.test.y[first], td.test.mask[first])
-    predict = getattr(module, "test_predictions", evaluate.one_step)
-    baselines = getattr(module, "baselines", evaluate.series_baselines)
     with torch.no_grad():
-        preds = {"model": predict(run, td), **baselines(td, cfg.data)}
+        preds = evaluate.test_rows(run, cfg, task, td)
     truth = torch.cat([td.test.x[0, :1, 0], td.test.y[0, :, 0]])
     return truth, td.test.mask[0], {k: v[0, :, 0] for k, v in preds.items()}
 

@@ -33,7 +33,7 @@ from lstmkit.checkpoint import (
     save_state,
     write_derived,
 )
-from lstmkit.config import RunConfig, check_new_run, validate
+from lstmkit.config import RunConfig, validate
 from lstmkit.errors import ConfigError, DiskError, Interrupted, RunDirError, TrainingError
 from lstmkit.scaling import Scaler
 from lstmkit.stopping import Signals, Stop
@@ -59,17 +59,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is 'cuda' but no CUDA device is available")
     return torch.device(name)
-
-
-def task_facts(td: tasks.TaskData) -> dict:
-    """What a run directory must remember about its task (saved in config.json)."""
-    return {
-        "input_size": td.input_size,
-        "output_size": td.output_size,
-        "kind": td.kind,
-        "tokens": td.tokens,
-        "meta": td.meta,
-    }
 
 
 def make_scaler(cfg: RunConfig, td: tasks.TaskData) -> Scaler:
@@ -199,10 +188,10 @@ def train(
 
 def _task_setup(cfg: RunConfig) -> dict:
     """Everything the trainer takes from the task, in one place."""
-    td = tasks.make(cfg.data, cfg.train.seed)
+    td = tasks.make(cfg, cfg.train.seed)
     scaler = make_scaler(cfg, td)
     return {
-        "facts": task_facts(td),
+        "facts": td.facts.to_dict(),
         "scaler": scaler,
         "kind": td.kind,
         "fv": td.forecast_val,
@@ -231,8 +220,8 @@ def _setup(s: _Session, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
         cfg, _ = load_config(s.out)  # the saved config is the one to continue
         cfg = tasks.resolve(validate(cfg))
     else:
-        cfg = tasks.resolve(validate(cfg))  # None fields: the task's defaults, saved resolved
-        check_new_run(cfg)
+        tasks.check_options(validate(cfg))
+        cfg = tasks.resolve(cfg)  # None fields: the task's defaults, saved resolved
         distributed.on_main(s.ctx, rundir.check_new, s.out, overwrite)
     s.cfg = cfg
     s.device = distributed.train_device(s.ctx, pick_device(cfg.train.device))

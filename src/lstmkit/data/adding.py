@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from lstmkit import metrics
-from lstmkit.data import Split, TaskData
+from lstmkit.config import RunConfig
+from lstmkit.data import BaseTask, Split, TaskData
 from lstmkit.errors import ConfigError
 
 DEFAULTS = {
@@ -44,18 +44,20 @@ def problems(n: int, length: int, generator: torch.Generator) -> Split:
     return Split(x, y, mask)
 
 
-def make(cfg, seed: int) -> TaskData:
-    if cfg.length < 2:
-        raise ConfigError(f"the adding problem needs data.length >= 2, got {cfg.length}")
-    g = torch.Generator().manual_seed(seed)
-    parts = [problems(n, cfg.length, g) for n in (cfg.num_train, cfg.num_val, cfg.num_test)]
-    return TaskData(*parts, input_size=2, output_size=1, series_scaling=False)
+class Adding(BaseTask):
+    name, defaults, series = "adding", DEFAULTS, False
+
+    def make(self, cfg: RunConfig, seed: int) -> TaskData:
+        d = cfg.data
+        if d.length < 2:
+            raise ConfigError(f"the adding problem needs data.length >= 2, got {d.length}")
+        g = torch.Generator().manual_seed(seed)
+        parts = [problems(n, d.length, g) for n in (d.num_train, d.num_val, d.num_test)]
+        return TaskData(*parts, input_size=2, output_size=1, series_scaling=False)
+
+    def baselines(self, td: TaskData, cfg: RunConfig) -> dict[str, torch.Tensor]:
+        """The constant answer 1.0 (the mean of the sum): MSE 1/6."""
+        return {"constant 1.0": torch.ones_like(td.test.y)}
 
 
-def score(pred, y, mask) -> dict[str, float]:
-    return metrics.mse(pred, y, mask)
-
-
-def baselines(td: TaskData, cfg) -> dict[str, torch.Tensor]:
-    """The constant answer 1.0 (the mean of the sum): MSE 1/6."""
-    return {"constant 1.0": torch.ones_like(td.test.y)}
+TASK = Adding()

@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from lstmkit import metrics
-from lstmkit.data import Split, TaskData
+from lstmkit.config import RunConfig
+from lstmkit.data import BaseTask, Split, TaskData
 
 SYMBOLS, REMEMBER, BLANK, DELIMITER = 8, 10, 0, 9
 VOCAB = SYMBOLS + 2
@@ -44,26 +44,29 @@ def sequences(n: int, delay: int, generator: torch.Generator) -> Split:
     return Split(x, y, mask)
 
 
-def make(cfg, seed: int) -> TaskData:
-    g = torch.Generator().manual_seed(seed)
-    parts = [sequences(n, cfg.length, g) for n in (cfg.num_train, cfg.num_val, cfg.num_test)]
-    return TaskData(
-        *parts,
-        input_size=VOCAB,
-        output_size=VOCAB,
-        kind="classification",
-        tokens=True,
-        series_scaling=False,
-        default_scaling="none",
-    )
+class Copy(BaseTask):
+    name, defaults = "copy", DEFAULTS
+    kind, series, tokens = "classification", False, True
+
+    def make(self, cfg: RunConfig, seed: int) -> TaskData:
+        g = torch.Generator().manual_seed(seed)
+        d = cfg.data
+        parts = [sequences(n, d.length, g) for n in (d.num_train, d.num_val, d.num_test)]
+        return TaskData(
+            *parts,
+            input_size=VOCAB,
+            output_size=VOCAB,
+            kind="classification",
+            tokens=True,
+            series_scaling=False,
+            default_scaling="none",
+        )
+
+    def baselines(self, td: TaskData, cfg: RunConfig) -> dict[str, torch.Tensor]:
+        """No memory: uniform over the 8 symbols (cross-entropy ln 8)."""
+        logits = torch.full((*td.test.y.shape, VOCAB), -1e9)
+        logits[..., 1 : SYMBOLS + 1] = 0.0
+        return {f"uniform over {SYMBOLS} (ln 8 = {math.log(SYMBOLS):.3f})": logits}
 
 
-def score(logits, y, mask) -> dict[str, float]:
-    return metrics.classes(logits, y, mask)
-
-
-def baselines(td: TaskData, cfg) -> dict[str, torch.Tensor]:
-    """No memory: uniform over the 8 symbols (cross-entropy ln 8)."""
-    logits = torch.full((*td.test.y.shape, VOCAB), -1e9)
-    logits[..., 1 : SYMBOLS + 1] = 0.0
-    return {f"uniform over {SYMBOLS} (ln 8 = {math.log(SYMBOLS):.3f})": logits}
+TASK = Copy()

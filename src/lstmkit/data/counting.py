@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from lstmkit.data import Split, TaskData, all_steps
+from lstmkit.config import RunConfig
+from lstmkit.data import BaseTask, Split, TaskData, all_steps
 
 
 def runs(n: int, length: int, low: int, high: int, generator: torch.Generator) -> Split:
@@ -19,10 +20,14 @@ def runs(n: int, length: int, low: int, high: int, generator: torch.Generator) -
     return Split(x, y, all_steps(x))
 
 
-def make(cfg, seed: int) -> TaskData:
-    g = torch.Generator().manual_seed(seed)
-    parts = [
-        runs(n, cfg.length, cfg.low, cfg.high, g)
-        for n in (cfg.num_train, cfg.num_val, cfg.num_test)
-    ]
-    return TaskData(*parts, input_size=1, output_size=1, default_scaling="diff")
+class Counting(BaseTask):
+    name = section = "counting"
+
+    def make(self, cfg: RunConfig, seed: int) -> TaskData:
+        g = torch.Generator().manual_seed(seed)
+        d, c = cfg.data, cfg.counting
+        parts = [runs(n, d.length, c.low, c.high, g) for n in (d.num_train, d.num_val, d.num_test)]
+        return TaskData(*parts, input_size=1, output_size=1, default_scaling="diff")
+
+
+TASK = Counting()

@@ -34,13 +34,14 @@ from pathlib import Path
 import torch
 
 from lstmkit import timeseries as ts
-from lstmkit.data import Split, TaskData, all_steps
+from lstmkit.config import RunConfig
+from lstmkit.data import BaseTask, Split, TaskData, all_steps
 from lstmkit.errors import ConfigError, DataError
 
 BUILTIN = "airline_passengers.csv"
 BUILTIN_DATES = "month"
 DEFAULTS = {  # period, length, horizon and scaling are learned from the data (infer)
-    "data.test_size": 24,
+    "csv.test_size": 24,
     "model.hidden_size": 32,
     "train.epochs": 60,
     "train.batch_size": 16,
@@ -91,15 +92,12 @@ def load(
     except UnicodeDecodeError as e:
         raise DataError(f"CSV file {name} is not UTF-8 text ({e})") from None
     # a generator: a long file's rows are read once, not held as lists of cells
-    rows = (
-        (i, r)
-        for i, r in enumerate(_csv.reader(io.StringIO(text, newline=None)), 1)
-        if any(c.strip() for c in r)
-    )
+    rows = _rows(_csv.reader(io.StringIO(text, newline=None)))
     first = next(rows, None)
     if first is None:
         raise DataError(f"CSV file {name} is empty: expected a header row and data rows")
     header = [h.strip() for h in first[1]]
+    _check_header(header, name)
     second = next(rows, None)
     if second is None:
         raise DataError(f"CSV file {name} has a header ({', '.join(header)}) but no data rows")
@@ -128,8 +126,11 @@ def load(
                 v = float(cell)
             except ValueError:
                 raise DataError(f"{where}: expected a number, got {cell!r}") from None
-            if not math.isfinite(v):
-                raise DataError(f"{where}: expected a finite number, got {cell!r}")
+            if not abs(v) <= FLOAT32_MAX:  # NaN, inf, and what float32 would make inf
+                raise DataError(
+                    f"{where}: expected a finite number within float32's range "
+                    f"(|x| <= 3.4e38), got {cell!r}"
+                )
             values.append(v)
         lines.append(line)
         if date_column:
@@ -153,6 +154,34 @@ def load(
 
 
 FILL_HINT = "pass --fill ffill, interpolate or drop"
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _rows(reader):
+    """(line, cells) of every row after the leading blank lines: a blank line between rows
+    is a row of missing values (in a one-column file, a blank cell); blank lines at the
+    end are not rows."""
+    blanks, started = [], False
+    for line, cells in enumerate(reader, 1):
+        if not any(c.strip() for c in cells):
+            if started:
+                blanks.append((line, [""]))
+            continue
+        started = True
+        yield from blanks
+        blanks = []
+        yield line, cells
+
+
+def _check_header(header: list[str], name: str) -> None:
+    seen: dict[str, int] = {}
+    for i, h in enumerate(header, 1):
+        if h in seen:
+            raise DataError(
+                f"CSV file {name} has two columns named {h!r} (columns {seen[h]} and {i}); "
+                "rename one"
+            )
+        seen[h] = i
 
 
 def _fill_timestamps(values, parsed, raw_dates, lines, freq, name, fill):
@@ -222,8 +251,9 @@ def read(path: str, column: str = "", date_column: str = "", fill: str = "none")
     return load(raw, name, column, date_column, fill)
 
 
-def _date_column(cfg) -> str:
-    return cfg.date_column or ("" if cfg.csv else BUILTIN_DATES)
+def _date_column(c) -> str:
+    """The date column of [csv] options ``c``: the packaged series has one."""
+    return c.date_column or ("" if c.file else BUILTIN_DATES)
 
 
 def _fit_part(n: int, test_size: int) -> int:
@@ -231,43 +261,43 @@ def _fit_part(n: int, test_size: int) -> int:
     return n - 2 * test_size if test_size else n
 
 
-def infer(cfg) -> None:
-    """Fill data.period, data.length, data.horizon and data.scaling (when None or "auto")
+def infer(cfg: RunConfig) -> None:
+    """Fill data.period, data.length, csv.horizon and data.scaling (when None or "auto")
     from the series: the frequency's season checked against the autocorrelation, windows
     of two seasons (at least 24 values), the test size as horizon, and the scaling whose
     reference forecast does best on the training part (:mod:`lstmkit.timeseries`)."""
-    d = cfg.data
-    if None not in (d.period, d.length, d.horizon) and d.scaling != "auto":
+    d, c = cfg.data, cfg.csv
+    if None not in (d.period, d.length, c.horizon) and d.scaling != "auto":
         return
-    s = read(d.csv, d.column, _date_column(d), d.fill)
-    values = s.values[: d.rows] if d.rows else s.values
-    S = DEFAULTS["data.test_size"] if d.test_size is None else d.test_size
+    s = read(c.file, c.column, _date_column(c), c.fill)
+    values = s.values[: c.rows] if c.rows else s.values
+    S = DEFAULTS["csv.test_size"] if c.test_size is None else c.test_size
     fit = values[: max(_fit_part(len(values), S), 2)]
     if d.period is None:
         d.period = ts.choose_period(fit, s.freq)[0]
     p = d.period
-    if d.horizon is None:
-        d.horizon = S if S else (p if p > 1 else 8)
+    if c.horizon is None:
+        c.horizon = S if S else (p if p > 1 else 8)
     if d.length is None:
         d.length = max(min(max(24, 2 * p), len(fit) // 2), p + 2)
     if d.scaling == "auto":
-        d.scaling = ts.choose_scaling(fit, p, d.horizon, d.length)[0]
+        d.scaling = ts.choose_scaling(fit, p, c.horizon, d.length)[0]
 
 
-def _inferred(cfg, series: Series, fit: list[float]) -> dict:
+def _inferred(cfg: RunConfig, series: Series, fit: list[float]) -> dict:
     """What was learned from the data, and why, for config.json and the train output."""
-    f = series.freq
+    f, d = series.freq, cfg.data
     period, why_p = ts.choose_period(fit, f)
-    scaling, why_s = ts.choose_scaling(fit, cfg.period, cfg.horizon, cfg.length)
+    scaling, why_s = ts.choose_scaling(fit, d.period, cfg.csv.horizon, d.length)
     out = {
         "frequency": f.name if f else "no dates",
         "missing_timestamps": f.missing if f else 0,
         "irregular_spacings": f.irregular if f else 0,
         "filled": series.notes,
-        "period": cfg.period,
-        "period_reason": why_p if period == cfg.period else "set by --period",
-        "scaling": cfg.scaling,
-        "scaling_reason": why_s if scaling == cfg.scaling else "set by --scaling",
+        "period": d.period,
+        "period_reason": why_p if period == d.period else "set by --period",
+        "scaling": d.scaling,
+        "scaling_reason": why_s if scaling == d.scaling else "set by --scaling",
     }
     return out
 
@@ -290,23 +320,24 @@ def describe(meta: dict) -> str:
     )
 
 
-def make(cfg, seed: int) -> TaskData:
-    raw, name = _source(cfg.csv)
-    date_column = _date_column(cfg)
-    series = load(raw, name, cfg.column, date_column, cfg.fill)
+def make(cfg: RunConfig, seed: int) -> TaskData:
+    c = cfg.csv
+    raw, name = _source(c.file)
+    date_column = _date_column(c)
+    series = load(raw, name, c.column, date_column, c.fill)
     values, column = series.values, series.column
-    if cfg.rows:
-        values = values[: cfg.rows]
-    L, S, H = cfg.length, cfg.test_size, cfg.horizon
+    if c.rows:
+        values = values[: c.rows]
+    L, S, H = cfg.data.length, c.test_size, c.horizon
     n = len(values)
     n_train = _fit_part(n, S)
     V = S if S else H  # validation values (in-sample, the last H, when nothing is held out)
     if S and H > S:
-        raise ConfigError(f"data.horizon must be <= data.test_size ({S}), got {H}")
+        raise ConfigError(f"csv.horizon must be <= csv.test_size ({S}), got {H}")
     if n_train < L + 1 or n < L + H:
         raise DataError(
             f"CSV file {name} has {n} values in column {column!r}; data.length {L} and "
-            f"data.test_size {S} need at least {L + 1 + 2 * S} (one training window of "
+            f"csv.test_size {S} need at least {L + 1 + 2 * S} (one training window of "
             f"{L + 1}, then {S} for validation and {S} for test)"
         )
     v = torch.tensor(values, dtype=torch.float32)
@@ -324,7 +355,7 @@ def make(cfg, seed: int) -> TaskData:
     # every validation value is an origin; each forecasts H steps, scored (and its residuals
     # calibrating prediction intervals) only up to the end of the validation part
     origins = range(v0, v0 + V)
-    m = cfg.period if cfg.period < n_train else 1
+    m = cfg.data.period if cfg.data.period < n_train else 1
     scale = (v[m:n_train] - v[: n_train - m]).abs().mean().item()
     forecast_val = {
         "context": torch.stack([v[o - L : o] for o in origins])[:, :, None],
@@ -335,12 +366,12 @@ def make(cfg, seed: int) -> TaskData:
     }
     freq = series.freq
     meta = {
-        "csv": cfg.csv,
+        "csv": c.file,
         "column": column,
         "date_column": date_column,
         "values": n,
         "sha256": hashlib.sha256(raw).hexdigest(),
-        "period": cfg.period,
+        "period": cfg.data.period,
         "test_size": S,
         "horizon": H,
         "test_start": (series.dates[n - S] if S else None) if series.dates else n - S,
@@ -349,56 +380,54 @@ def make(cfg, seed: int) -> TaskData:
         "mase_scale": forecast_val["scale"],
         "inferred": _inferred(cfg, series, values[:n_train]),
     }
-    default = "seasonal" if cfg.period > 1 else "diff"
+    default = "seasonal" if cfg.data.period > 1 else "diff"
     return TaskData(
         train, val, test, 1, 1, default_scaling=default, forecast_val=forecast_val, meta=meta
     )
 
 
-def check_meta(saved: dict, current: dict) -> None:
-    """DataError unless the file is the one the run was trained on."""
-    for key in ("column", "values", "sha256"):
-        if saved.get(key) != current.get(key):
-            where = saved.get("csv") or BUILTIN
-            raise DataError(
-                f"CSV file {where} changed since training: {key} was {saved.get(key)!r}, "
-                f"now {current.get(key)!r}"
-            )
+class Csv(BaseTask):
+    name = section = "csv"
+    defaults = DEFAULTS
+    forecast_test = True  # evaluate forecasts the test values from the L values before them
+
+    def infer(self, cfg: RunConfig) -> None:
+        infer(cfg)
+
+    def make(self, cfg: RunConfig, seed: int) -> TaskData:
+        return make(cfg, seed)
+
+    def check_source(self, cfg: RunConfig, saved: dict) -> None:
+        """DataError unless the file is the one the run was trained on, checked before it
+        is parsed (a run directory may name any file: nothing of it is echoed)."""
+        raw, _ = _source(cfg.csv.file)
+        if hashlib.sha256(raw).hexdigest() != saved.get("sha256"):
+            raise DataError("the run's CSV file changed since training (its SHA-256 differs)")
+
+    def baselines(self, td: TaskData, cfg: RunConfig) -> dict[str, torch.Tensor]:
+        """Forecasts of the test values from the L values before them: the last value, and
+        the last season repeated (period > 1)."""
+        S, L, p = td.meta["test_size"], cfg.data.length, cfg.data.period
+        ctx = td.test.x[0, :L, 0]
+        h = torch.arange(S)
+        out = {"last value": place(td, ctx[-1].expand(S))}
+        if p > 1:
+            out[f"seasonal naive ({p})"] = place(td, ctx[-p + h % p])
+        return out
+
+    def describe(self, td: TaskData) -> str:
+        m = td.meta
+        return (
+            f"{m['test_size']}-step forecast of the held-out test values from "
+            f"{m['test_start']} (column {m['column']!r})"
+        )
 
 
-def baselines(td: TaskData, cfg) -> dict[str, torch.Tensor]:
-    """Forecasts of the test values from the L values before them: the last value, and the
-    last season repeated (period ``cfg.period`` > 1)."""
-    S, L = td.meta["test_size"], cfg.length
-    ctx = td.test.x[0, :L, 0]
-    h = torch.arange(S)
-    out = {"last value": _place(td, ctx[-1].expand(S))}
-    p = cfg.period
-    if p > 1:
-        out[f"seasonal naive ({p})"] = _place(td, ctx[-p + h % p])
-    return out
-
-
-def _place(td: TaskData, forecast: torch.Tensor) -> torch.Tensor:
+def place(td: TaskData, forecast: torch.Tensor) -> torch.Tensor:
     """A (1, T, 1) prediction tensor holding ``forecast`` (S,) at the test steps."""
     pred = torch.full_like(td.test.y, float("nan"))
     pred[td.test.mask] = forecast.to(pred.dtype)[:, None]
     return pred
 
 
-def _need_test(td: TaskData) -> None:
-    if not td.meta["test_size"]:
-        raise DataError(
-            "this run held out no test values (--test-size 0); score it with "
-            "`lstmkit backtest --run DIR`"
-        )
-
-
-def test_predictions(run, td: TaskData) -> torch.Tensor:
-    """The model's autoregressive forecast of the test values from the L values before them."""
-    from lstmkit.forecast import forecast
-
-    _need_test(td)
-    L = run.config.data.length
-    fc = forecast(run, td.test.x[0, :L, 0].tolist(), td.meta["test_size"])
-    return _place(td, torch.tensor(fc))
+TASK = Csv()

@@ -12,7 +12,8 @@ import math
 
 import torch
 
-from lstmkit.data import Split, TaskData, all_steps
+from lstmkit.config import RunConfig
+from lstmkit.data import BaseTask, Split, TaskData, all_steps
 
 NOISE = 0.1
 MIN_PERIOD, MAX_PERIOD = 10.0, 40.0
@@ -38,7 +39,14 @@ def waves(n: int, length: int, generator: torch.Generator) -> Split:
     return Split(x, y, all_steps(x))
 
 
-def make(cfg, seed: int) -> TaskData:
-    g = torch.Generator().manual_seed(seed)
-    parts = [waves(n, cfg.length, g) for n in (cfg.num_train, cfg.num_val, cfg.num_test)]
-    return TaskData(*parts, input_size=1, output_size=1, default_scaling="standard")
+class Sine(BaseTask):
+    name, defaults = "sine", DEFAULTS
+
+    def make(self, cfg: RunConfig, seed: int) -> TaskData:
+        g = torch.Generator().manual_seed(seed)
+        d = cfg.data
+        parts = [waves(n, d.length, g) for n in (d.num_train, d.num_val, d.num_test)]
+        return TaskData(*parts, input_size=1, output_size=1, default_scaling="standard")
+
+
+TASK = Sine()

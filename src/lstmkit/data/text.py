@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from lstmkit import metrics
-from lstmkit.data import Split, TaskData, all_steps
+from lstmkit.config import RunConfig
+from lstmkit.data import BaseTask, Split, TaskData, all_steps
 from lstmkit.errors import ConfigError, DataError
 
 TRAIN_FRACTION = 0.9
@@ -61,23 +62,23 @@ def _windows(ids: torch.Tensor, starts: torch.Tensor, length: int) -> Split:
     return Split(x, y, all_steps(x))
 
 
-def make(cfg, seed: int) -> TaskData:
-    text, digest = read_text(cfg.text)
+def make(cfg: RunConfig, seed: int) -> TaskData:
+    text, digest = read_text(cfg.text.file)
     vocab = "".join(sorted(set(text)))
     lookup = {c: i for i, c in enumerate(vocab)}
     ids = torch.tensor([lookup[c] for c in text], dtype=torch.long)
     cut = int(len(ids) * TRAIN_FRACTION)
-    L = cfg.length
+    L, path = cfg.data.length, cfg.text.file
     if cut < L + 1 or len(ids) - cut < L + 1:
         raise DataError(
-            f"text file {cfg.text} has {len(ids)} characters; data.length {L} needs at least "
+            f"text file {path} has {len(ids)} characters; data.length {L} needs at least "
             f"{L + 1} in each of the training (90%) and validation (10%) parts, i.e. "
             f"{(L + 1) * 10} in all"
         )
     g = torch.Generator().manual_seed(seed)
-    train = _windows(ids, torch.randint(0, cut - L, (cfg.num_train,), generator=g), L)
+    train = _windows(ids, torch.randint(0, cut - L, (cfg.data.num_train,), generator=g), L)
     val = _windows(ids, torch.arange(cut, len(ids) - L, L), L)
-    meta = {"text": cfg.text, "sha256": digest, "chars": len(ids), "vocab": vocab}
+    meta = {"text": path, "sha256": digest, "chars": len(ids), "vocab": vocab}
     return TaskData(
         train,
         val,
@@ -92,22 +93,35 @@ def make(cfg, seed: int) -> TaskData:
     )
 
 
-def check_meta(saved: dict, current: dict) -> None:
-    """DataError unless the file is the one the run was trained on."""
-    for key in ("chars", "sha256", "vocab"):
-        if saved.get(key) != current.get(key):
-            raise DataError(f"text file {saved.get('text')} changed since training ({key} differs)")
+class Text(BaseTask):
+    name = section = "text"
+    defaults = DEFAULTS
+    kind, series, tokens = "classification", False, True
+
+    def make(self, cfg: RunConfig, seed: int) -> TaskData:
+        return make(cfg, seed)
+
+    def check_source(self, cfg: RunConfig, saved: dict) -> None:
+        """DataError unless the file is the one the run was trained on, checked before it
+        is read as text (a run directory may name any file: nothing of it is echoed)."""
+        p = Path(cfg.text.file)
+        if not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != saved.get("sha256"):
+            raise DataError("the run's text file is missing or changed since training")
+
+    def score(self, logits, y, mask) -> dict[str, float]:
+        return metrics.bits_per_char(logits, y, mask)
+
+    def baselines(self, td: TaskData, cfg: RunConfig) -> dict[str, torch.Tensor]:
+        """The unigram model: the training text's character frequencies (add-one)."""
+        text, _ = read_text(cfg.text.file)
+        lookup = {c: i for i, c in enumerate(td.meta["vocab"])}
+        train = torch.tensor([lookup[c] for c in text[: int(len(text) * TRAIN_FRACTION)]])
+        counts = torch.bincount(train, minlength=td.output_size).double() + 1
+        logp = (counts / counts.sum()).log().float()
+        return {"unigram": logp.expand(*td.test.y.shape, -1)}
+
+    def describe(self, td: TaskData) -> str:
+        return "validation text, next character at every step"
 
 
-def score(logits, y, mask) -> dict[str, float]:
-    return metrics.bits_per_char(logits, y, mask)
-
-
-def baselines(td: TaskData, cfg) -> dict[str, torch.Tensor]:
-    """The unigram model: the training text's character frequencies (add-one), at every step."""
-    text, _ = read_text(cfg.text)
-    lookup = {c: i for i, c in enumerate(td.meta["vocab"])}
-    train = torch.tensor([lookup[c] for c in text[: int(len(text) * TRAIN_FRACTION)]])
-    counts = torch.bincount(train, minlength=td.output_size).double() + 1
-    logp = (counts / counts.sum()).log().float()
-    return {"unigram": logp.expand(*td.test.y.shape, -1)}
+TASK = Text()
