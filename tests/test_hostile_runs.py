@@ -143,7 +143,7 @@ def test_no_other_file_is_echoed(good, tmp_path, capsys):
     secret = tmp_path / "secret.txt"
     secret.write_text("TOPSECRET-LINE\n")
     run = _copy(good, tmp_path)
-    _edit_json(run / "config.json", lambda d: d["config"]["data"].update(csv=str(secret)))
+    _edit_json(run / "config.json", lambda d: d["config"]["csv"].update(file=str(secret)))
     _edit_json(run / "config.json", lambda d: d["config"]["model"].update(hidden_size=7))
     err = _one_line_error(run, capsys)
     assert "TOPSECRET" not in err
