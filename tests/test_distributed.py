@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from safetensors.torch import load_file
 
 from lstmkit import distributed
 from lstmkit.distributed import SINGLE, Context
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
 @pytest.mark.parametrize("n, world, batch", [(12, 2, 3), (13, 2, 4), (10, 3, 2), (5, 4, 1)])
@@ -64,15 +67,11 @@ def test_two_cpu_processes_train_one_model(tmp_path):
     from lstmkit.checkpoint import load_run
 
     out, dump = tmp_path / "run", tmp_path / "ranks"
-    env = {
-        **os.environ,
-        distributed.DUMP_ENV: str(dump),
-        "GLOO_SOCKET_IFNAME": "lo",  # loopback only
-        "OMP_NUM_THREADS": "1",
-    }
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}  # loopback only
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
-    cmd += ["-m", "lstmkit", "train", "--out", str(out), "--epochs", "3", "--device", "cpu"]
+    cmd += [str(WORKER), str(dump)]  # `lstmkit train`, then each rank's weights into dump
+    cmd += ["train", "--out", str(out), "--epochs", "3", "--device", "cpu"]
     cmd += ["--hidden-size", "6", "--length", "5", "--num-train", "50", "--num-val", "16"]
     cmd += ["--num-test", "4", "--batch-size", "8", "--lr", "0.01"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)

@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from lstmkit import errors
-
-# A test-only hook: when set to a directory, each rank writes its final and best weights and
-# its validation losses there (``rank{r}.safetensors``), so a test can compare ranks.
-DUMP_ENV = "LSTMKIT_DEBUG_RANK_DUMP"
 
 
 @dataclass(frozen=True)
@@ -200,18 +195,3 @@ def on_main(ctx: Context, fn, *args):
             raise cls(box[0][2])
         raise RuntimeError(f"rank 0 failed: {box[0][1]}: {box[0][2]}")
     return box[0][1]
-
-
-def dump_for_test(ctx: Context, final: dict, best: dict, val_losses: list[float]) -> None:
-    """The hook behind :data:`DUMP_ENV`; does nothing unless it is set."""
-    folder = os.environ.get(DUMP_ENV)
-    if not folder:
-        return
-    from safetensors.torch import save_file
-
-    tensors = {f"final.{k}": v.detach().cpu().contiguous() for k, v in final.items()}
-    tensors |= {f"best.{k}": v.detach().cpu().contiguous() for k, v in best.items()}
-    tensors["val_loss"] = torch.tensor(val_losses, dtype=torch.float64)
-    tensors["rng_probe"] = torch.rand(4)  # what this rank's dropout would draw next
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(Path(folder) / f"rank{ctx.rank}.safetensors"))

@@ -20,3 +20,18 @@ class RunDirError(LstmkitError):
 
 class TrainingError(RuntimeError):
     """Training could not go on (a NaN or Inf loss); the last good checkpoint is kept."""
+
+
+class DiskError(LstmkitError):
+    """A file could not be written (disk full, read-only, no permission); the files that were
+    there before are kept whole."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM. The message says what was kept and the command
+    that continues; ``exit_code`` is 128 + the signal's number (130 for SIGINT, 143 for
+    SIGTERM), what a shell reports for a process that a signal ended."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

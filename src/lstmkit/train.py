@@ -1,13 +1,19 @@
 """The training loop: mini-batches, validation, early stopping, clipping, schedules,
-atomic checkpoints (every few seconds, at epoch ends) and an exact resume."""
+checkpoints (every few seconds, at epoch ends) and an exact resume.
+
+A run goes setup → epochs → finish. Only one process writes a run directory (see
+:mod:`lstmkit.rundir`); its checkpoints commit at ``train_state.pt`` (a
+:class:`~lstmkit.trainstate.TrainState`), and a resume rewrites the files derived from it, so
+a kill at any instant loses at most the epochs since the last checkpoint. SIGINT/SIGTERM,
+a full disk and a NaN loss end the run with one line saying what was kept and what to run."""
 
 from __future__ import annotations
 
 import math
-import shutil
+import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -15,23 +21,24 @@ from torch import Tensor
 from tqdm import tqdm
 
 from lstmkit import data as tasks
-from lstmkit import distributed
+from lstmkit import distributed, rundir
 from lstmkit.checkpoint import (
-    METRICS,
+    CONFIG,
     STATE,
-    atomic_write,
     build_model,
-    load_run,
+    check_sizes,
+    load_config,
     load_state,
     save_run,
     save_state,
-    save_weights,
+    write_derived,
 )
 from lstmkit.config import RunConfig, validate
-from lstmkit.errors import ConfigError, RunDirError, TrainingError
+from lstmkit.errors import ConfigError, DiskError, Interrupted, RunDirError, TrainingError
 from lstmkit.scaling import Scaler
-
-METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "lr", "seconds")
+from lstmkit.stopping import Signals, Stop
+from lstmkit.trainstate import HISTORY_COLUMNS as METRIC_COLUMNS  # noqa: F401 (public name)
+from lstmkit.trainstate import TrainState, check_fits
 
 
 @dataclass
@@ -43,6 +50,7 @@ class Result:
     best_val_loss: float
     seconds: float
     stopped_early: bool
+    state: TrainState | None = None  # this process's final state (each rank's own under DDP)
 
 
 def pick_device(name: str) -> torch.device:
@@ -112,42 +120,26 @@ def _schedule(cfg: RunConfig, total_steps: int):
     return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
-def _prepare_dir(out: Path, resume: bool, overwrite: bool) -> Path:
-    """The directory to write into: ``out`` itself, or a staging sibling when overwriting
-    (swapped in only when training succeeds, so a failed run loses nothing)."""
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite exclude each other")
-    if resume:
-        if not (out / STATE).is_file():
-            raise RunDirError(f"run directory {out} has no {STATE} to resume from")
-        for tmp in out.glob(".*.tmp"):  # left by a write that a kill interrupted
-            tmp.unlink()
-        return out
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"{out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise RunDirError(
-                f"run directory {out} already exists; pass --resume to continue it or "
-                "--overwrite to replace it"
-            )
-        staging = out.with_name(out.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        return staging
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+@dataclass
+class _Session:
+    """One training run in progress: what setup built and the epochs advance."""
 
-
-def _write_metrics(path: Path, history: list[dict]) -> None:
-    lines = [",".join(METRIC_COLUMNS)]
-    lines += [
-        ",".join(
-            f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c]) for c in METRIC_COLUMNS
-        )
-        for row in history
-    ]
-    atomic_write(path / METRICS, ("\n".join(lines) + "\n").encode())
+    ctx: distributed.Context
+    out: Path
+    sig: Signals
+    mode: str = ""  # "", "--resume" or "--overwrite": what the failure message repeats
+    cfg: RunConfig | None = None
+    writer: rundir.Writer | None = None  # rank 0's right to write the run directory
+    work: Path | None = None  # where files go now: out, or (--overwrite) its staging sibling
+    committed: int | None = None  # the epoch of the newest checkpoint on disk
+    finished: bool = False
+    task: dict = field(default_factory=dict)  # what _task_setup returned
+    model: torch.nn.Module | None = None
+    opt: torch.optim.Optimizer | None = None
+    sched: object = None
+    device: torch.device | None = None
+    steps_per_epoch: int = 0
+    state: TrainState | None = None  # progress: epoch, step, history, best
 
 
 def train(
@@ -164,213 +156,360 @@ def train(
     run: each rank takes a DistributedSampler-style shard of every epoch's permutation and
     ``train.batch_size`` windows per step (so a step covers batch_size × world_size windows),
     validation loss is rank 0's on every rank, and only rank 0 writes ``out``; every rank
-    returns once the run directory is complete."""
+    returns once the run directory is complete.
+
+    Raises :class:`~lstmkit.errors.Interrupted` on SIGINT/SIGTERM and
+    :class:`~lstmkit.errors.DiskError` when a save fails, each saying what was kept."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
     ctx = distributed.setup(cfg.train.device)
+    mode = "--resume" if resume else "--overwrite" if overwrite else ""
+    s = _Session(ctx, Path(out), Signals(), mode)
     ok = False
     try:
-        result = _train(ctx, cfg, Path(out), resume, overwrite, progress)
+        try:
+            s.sig.install()  # inside the try: a signal from here on is answered in one line
+            _setup(s, cfg, resume, overwrite)
+            _loop(s, progress)
+            result = _finish(s)
+        except BaseException as e:
+            s.sig.ignore_from_now()  # a second Ctrl-C must not cut the cleanup short
+            new = _failed(s, e)
+            s.sig.restore(deliver=False)
+            if new is e:
+                raise
+            raise new from None
         ok = True
+        s.sig.restore(deliver=True)
         return result
     finally:
         distributed.teardown(ctx, ok)
 
 
-def _train(ctx, cfg, out: Path, resume: bool, overwrite: bool, progress) -> Result:
-    if not resume:  # refuse a bad config before anything is written
-        tasks.check_options(validate(cfg))
-        cfg = tasks.resolve(cfg)  # None fields: the task's defaults, saved resolved
-    work = distributed.on_main(ctx, _prepare_dir, out, resume, overwrite)
-    if resume:  # the saved config is the one to continue (load_run also checks the run)
-        cfg = tasks.resolve(validate(load_run(out).config))
-    device = distributed.train_device(ctx, pick_device(cfg.train.device))
+def _task_setup(cfg: RunConfig) -> dict:
+    """Everything the trainer takes from the task, in one place."""
     td = tasks.make(cfg, cfg.train.seed)
     scaler = make_scaler(cfg, td)
-    # training windows are encoded a batch at a time (a long series' windows are views of
-    # one tensor; encoding them all at once would copy each value L times)
-    train_split, val_split = td.train, encode(td.val, scaler)
-    facts = td.facts.to_dict()
+    return {
+        "facts": td.facts.to_dict(),
+        "scaler": scaler,
+        "kind": td.kind,
+        "fv": td.forecast_val,
+        # training windows are encoded a batch at a time (a long series' windows are views of
+        # one tensor; encoding them all at once would copy each value L times)
+        "train": td.train,
+        "val": encode(td.val, scaler),
+    }
+
+
+def _setup(s: _Session, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
+    """Everything before the first epoch. A new run checks its config, makes its data and
+    runs its model once before it writes anything, so a config that cannot train leaves no
+    run directory behind."""
+    pending = False  # a first start that never reached its first checkpoint
+    if resume:
+        s.work, pending = distributed.on_main(s.ctx, _open, s, resume, overwrite)
+        if pending and not (s.out / CONFIG).is_file():
+            raise RunDirError(
+                f"{s.out} was stopped before its first checkpoint, before its config was "
+                f"saved: run your `lstmkit train --out {shlex.quote(str(s.out))}` command "
+                "again, without --resume"
+            )
+        if not pending:  # sizes against the weights file before the model is built
+            check_sizes(s.out)
+        cfg, _ = load_config(s.out)  # the saved config is the one to continue
+        cfg = tasks.resolve(validate(cfg))
+    else:
+        tasks.check_options(validate(cfg))
+        cfg = tasks.resolve(cfg)  # None fields: the task's defaults, saved resolved
+        distributed.on_main(s.ctx, rundir.check_new, s.out, overwrite)
+    s.cfg = cfg
+    s.device = distributed.train_device(s.ctx, pick_device(cfg.train.device))
+    s.task = _task_setup(cfg)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg, facts).to(device)
-    fv = td.forecast_val
+    _build(s)
+    _probe(s)
+    if not resume:
+        s.work, _ = distributed.on_main(s.ctx, _open, s, resume, overwrite)
+    if resume and not pending:
+        _restore(s, load_state(s.out / STATE))
+    else:  # a new run, or one whose first start never reached its first checkpoint
+        _start(s)
+
+
+def _open(s: _Session, resume: bool, overwrite: bool) -> tuple[Path, bool]:
+    """Rank 0: lock the run directory; the folder to write into, and whether its first
+    checkpoint is still to be written."""
+    with s.sig.held():  # a signal now waits until the writer exists, which then cleans up
+        s.writer = rundir.open_resume(s.out) if resume else rundir.open_new(s.out, overwrite)
+    return s.writer.work, s.writer.pending
+
+
+def _build(s: _Session) -> None:
+    cfg, fv = s.cfg, s.task["fv"]
+    s.model = build_model(cfg, s.task["facts"]).to(s.device)
     if fv is not None:  # start from the scaling's reference forecast (a zero correction)
-        torch.nn.init.zeros_(model.head.weight)
-        torch.nn.init.zeros_(model.head.bias)
-
-    def validate_now() -> float:
-        if fv is not None:
-            return forecast_error(model, scaler, fv, cfg.data.length, device)
-        return evaluate_loss(model, val_split, td.kind, device)
-
+        torch.nn.init.zeros_(s.model.head.weight)
+        torch.nn.init.zeros_(s.model.head.bias)
     opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
     # fused: one kernel for all parameters instead of ~6 small ops each (a sixth of a small
     # model's step time on the CPU); torch has it for CPU and CUDA float parameters.
-    fused = device.type in ("cpu", "cuda")
-    opt = opt_cls(
-        model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=fused
+    fused = s.device.type in ("cpu", "cuda")
+    s.opt = opt_cls(
+        s.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=fused
     )
-    shard = distributed.shard_size(ctx, len(train_split))  # len(train_split) when alone
-    steps_per_epoch = math.ceil(shard / cfg.train.batch_size)
-    total = steps_per_epoch * cfg.train.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, total))
-    epoch, step, history, best, seconds = (
-        0,
-        0,
-        [],
-        {"val": math.inf, "epoch": -1, "model": None},
-        0.0,
+    shard = distributed.shard_size(s.ctx, len(s.task["train"]))  # all of it when alone
+    s.steps_per_epoch = math.ceil(shard / cfg.train.batch_size)
+    total = s.steps_per_epoch * cfg.train.epochs
+    s.sched = torch.optim.lr_scheduler.LambdaLR(s.opt, _schedule(cfg, total))
+
+
+def _probe(s: _Session) -> None:
+    """One forward and backward pass on one training window, random state untouched: a model
+    its backend cannot run fails here, before the run directory is written."""
+    devices = [s.device.index or 0] if s.device.type == "cuda" else []
+    split = s.task["train"]
+    with torch.random.fork_rng(devices=devices):
+        b = encode(tasks.Split(split.x[:1], split.y[:1], split.mask[:1]), s.task["scaler"])
+        x, y, m = b.x.to(s.device), b.y.to(s.device), b.mask.to(s.device)
+        masked_loss(s.model(x), y, m, s.task["kind"]).backward()
+    for p in s.model.parameters():
+        p.grad = None
+
+
+def _start(s: _Session) -> None:
+    """A new run's first checkpoint (step 0), which commits the run directory."""
+    s.state = TrainState(
+        model={}, optimizer={}, scheduler={}, rng=torch.get_rng_state(), best_weights=_cpu(s)
     )
-    if resume:
-        st = load_state(out / STATE)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        torch.set_rng_state(st["rng"])
-        epoch, step, history, best, seconds = (
-            st["epoch"],
-            st["step"],
-            st["history"],
-            st["best"],
-            st["seconds"],
-        )
-    if best["model"] is None:
-        best["model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if fv is not None:  # the reference forecast is a candidate too (epoch 0)
-            best["val"], best["epoch"] = validate_now(), 0
-    if not resume and ctx.is_main:  # config, scaler, and a checkpoint at step 0 to resume from
-        save_run(work, cfg, facts, best["model"], scaler)
-        _checkpoint(work, model, opt, sched, 0, 0, [], best, 0.0)
-    last_saved = time.perf_counter()
+    if s.task["fv"] is not None:  # the reference forecast is a candidate too (epoch 0)
+        s.state.best_val, s.state.best_epoch = _validate(s), 0
+    if s.ctx.is_main:
+        with s.sig.held():
+            save_run(s.work, s.cfg, s.task["facts"], s.state.best_weights, s.task["scaler"])
+        _checkpoint(s)
+
+
+def _restore(s: _Session, st: TrainState) -> None:
+    """Continue from ``st``: checked against the model first, then loaded; the files derived
+    from it are rewritten where a kill left them behind it."""
+    where = str(s.out / STATE)
+    check_fits(st, s.model, s.opt, s.cfg.train.epochs, s.steps_per_epoch, where)
+    try:
+        s.model.load_state_dict(st.model)
+        s.opt.load_state_dict(st.optimizer)
+        s.sched.load_state_dict(st.scheduler)
+        torch.set_rng_state(st.rng)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise RunDirError(f"{where} does not fit its run ({first})") from None
+    s.state, s.committed = st, st.epoch
+    if s.ctx.is_main:
+        with s.sig.held():
+            write_derived(s.work, st)
+
+
+def _cpu(s: _Session) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in s.model.state_dict().items()}
+
+
+def _capture(s: _Session) -> TrainState:
+    """The full state now: the progress record plus model, optimizer, scheduler and RNG."""
+    return replace(
+        s.state,
+        model={k: v.detach().cpu() for k, v in s.model.state_dict().items()},
+        optimizer=s.opt.state_dict(),
+        scheduler=s.sched.state_dict(),
+        rng=torch.get_rng_state(),
+    )
+
+
+def _checkpoint(s: _Session) -> None:
+    """Rank 0 writes one checkpoint; signals wait until it is whole."""
+    if not s.ctx.is_main:
+        return
+    with s.sig.held():
+        state = _capture(s)
+        save_state(s.work / STATE, state)  # the commit point: resumable from here
+        s.committed = s.state.epoch
+        s.writer.committed()
+        write_derived(s.work, state)  # a resume rewrites these if this fails or is cut
+
+
+def _validate(s: _Session) -> float:
+    if s.task["fv"] is not None:
+        return forecast_error(s.model, s.task["scaler"], s.task["fv"], s.cfg.data.length, s.device)
+    return evaluate_loss(s.model, s.task["val"], s.task["kind"], s.device)
+
+
+def _loop(s: _Session, progress: bool | None) -> None:
+    """Epochs until the last, early stopping or --max-time; a checkpoint every
+    ``checkpoint_every`` seconds (resume replays the epochs since, so the result is the same)."""
     if progress is None:
         progress = sys.stderr.isatty()
-    progress = progress and ctx.is_main
-    net = distributed.wrap(ctx, model, device)  # the model itself when alone
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # BPTT gradients of long sequences underflow; x86 crawls
+    st, cfg = s.state, s.cfg
+    total = s.steps_per_epoch * cfg.train.epochs
     bar = tqdm(
         total=total,
-        initial=step,
-        disable=not progress,
+        initial=st.step,
+        disable=not (progress and s.ctx.is_main),
         file=sys.stderr,
         unit="step",
         dynamic_ncols=True,
     )
-    stopped_early = False
-    started = time.perf_counter() - seconds
-
-    def out_of_time() -> bool:
-        limit = cfg.train.max_time
-        return limit > 0 and time.perf_counter() - started >= limit
-
+    clock = _Clock(time.perf_counter() - st.seconds, cfg.train.max_time)
+    last_saved = time.perf_counter()
+    if s.device.type == "cpu":
+        torch.set_flush_denormal(True)  # BPTT gradients of long sequences underflow; x86 crawls
     try:
-        model.train()
-        while epoch < cfg.train.epochs:
-            g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
-            order = torch.randperm(len(train_split), generator=g)
-            order = distributed.shard(ctx, order)  # this rank's part; all of it when alone
-            running, done = 0.0, 0
-            for i in range(steps_per_epoch):
-                if ctx.world_size == 1 and out_of_time():  # --max-time: end the epoch here
-                    break
-                if ctx.world_size > 1:  # dropout masks differ between ranks, and resume alike
-                    torch.manual_seed(distributed.step_seed(cfg.train.seed, step, ctx.rank))
-                idx = order[i * cfg.train.batch_size : (i + 1) * cfg.train.batch_size]
-                raw = (t[idx] for t in (train_split.x, train_split.y, train_split.mask))
-                batch = encode(tasks.Split(*raw), scaler)
-                x, y, m = batch.x.to(device), batch.y.to(device), batch.mask.to(device)
-                loss = masked_loss(net(x), y, m, td.kind)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}); "
-                        f"stopped, the last good checkpoint in {out} is kept"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.train.clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip)
-                opt.step()
-                sched.step()
-                step += 1
-                running += loss.item()
-                done += 1
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4g}")
-            epoch += 1
-            running = distributed.mean_value(ctx, running)  # over ranks
-            val = validate_now()
-            val = distributed.broadcast_value(ctx, val)  # one decision on every rank
-            row = {
-                "epoch": epoch,
-                "step": step,
-                "train_loss": running / max(done, 1),
-                "val_loss": val,
-                "lr": opt.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - started,
-            }
-            history.append(row)
-            if val < best["val"]:
-                best = {
-                    "val": val,
-                    "epoch": epoch,
-                    "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                }
-            patience = cfg.train.patience
-            stopped_early = patience > 0 and epoch - best["epoch"] >= patience
-            # one decision for every rank (rank 0's clock)
-            stopped_early |= distributed.broadcast_value(ctx, float(out_of_time())) > 0
-            # A checkpoint costs several fsyncs: on short epochs take one every few seconds.
-            # Resume replays the epochs since the last one, so the result is the same.
+        s.model.train()
+        net = distributed.wrap(s.ctx, s.model, s.device)  # the model itself when alone
+        while st.epoch < cfg.train.epochs and not st.stopped:
+            st.stopped = _epoch(s, net, bar, clock)
             due = time.perf_counter() - last_saved >= cfg.train.checkpoint_every
-            if due or stopped_early or epoch == cfg.train.epochs:
-                _checkpoint(work, model, opt, sched, epoch, step, history, best, row["seconds"])
+            if due or st.stopped or st.epoch == cfg.train.epochs:
+                _checkpoint(s)
                 last_saved = time.perf_counter()
-            if stopped_early:
-                break
     finally:
         bar.close()
-        if device.type == "cpu":
+        if s.device.type == "cpu":
             torch.set_flush_denormal(False)
-    vals = [r["val_loss"] for r in history]
-    distributed.dump_for_test(ctx, model.state_dict(), best["model"], vals)  # a test-only hook
-    if fv is not None and ctx.is_main:  # prediction intervals from the best model's residuals
-        from lstmkit.forecast import calibrate, save_calibration
 
-        model.load_state_dict(best["model"])
-        save_calibration(work, calibrate(model.cpu(), scaler, fv, cfg.data.length))
-    if work != out and ctx.is_main:  # overwrite: swap the finished run in, then drop the old one
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        work.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    last = history[-1]
+
+@dataclass
+class _Clock:
+    started: float  # perf_counter() at this run's start, less the time of earlier sessions
+    limit: float  # --max-time (0: none)
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def out_of_time(self) -> bool:
+        return self.limit > 0 and self.seconds() >= self.limit
+
+
+def _epoch(s: _Session, net, bar, clock: _Clock) -> bool:
+    """One epoch's steps and its validation; True when training should stop here."""
+    st, cfg, ctx = s.state, s.cfg, s.ctx
+    g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + st.epoch)
+    order = torch.randperm(len(s.task["train"]), generator=g)
+    order = distributed.shard(ctx, order)  # this rank's part; all of it when alone
+    running, done = 0.0, 0
+    for i in range(s.steps_per_epoch):
+        if ctx.world_size == 1 and clock.out_of_time():  # --max-time: end the epoch here
+            break
+        if ctx.world_size > 1:  # dropout masks differ between ranks, and resume alike
+            torch.manual_seed(distributed.step_seed(cfg.train.seed, st.step, ctx.rank))
+        idx = order[i * cfg.train.batch_size : (i + 1) * cfg.train.batch_size]
+        running += _step(s, net, idx)
+        done += 1
+        bar.update(1)
+        bar.set_postfix(epoch=st.epoch + 1, loss=f"{running / done:.4g}")
+    st.epoch += 1
+    return _end_epoch(s, distributed.mean_value(ctx, running) / max(done, 1), clock)
+
+
+def _step(s: _Session, net, idx: Tensor) -> float:
+    """One optimizer step on the windows ``idx``; the loss before it."""
+    split, st = s.task["train"], s.state
+    batch = encode(tasks.Split(split.x[idx], split.y[idx], split.mask[idx]), s.task["scaler"])
+    x, y, m = batch.x.to(s.device), batch.y.to(s.device), batch.mask.to(s.device)
+    loss = masked_loss(net(x), y, m, s.task["kind"])
+    if not torch.isfinite(loss):
+        where = f"at step {st.step + 1} (epoch {st.epoch + 1})"
+        raise TrainingError(f"loss became {loss.item()} {where}")
+    s.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if s.cfg.train.clip > 0:
+        torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.cfg.train.clip)
+    s.opt.step()
+    s.sched.step()
+    st.step += 1
+    return loss.item()
+
+
+def _end_epoch(s: _Session, train_loss: float, clock: _Clock) -> bool:
+    """Validate, record the epoch, keep the best weights; whether to stop (patience, time)."""
+    st, ctx = s.state, s.ctx
+    val = distributed.broadcast_value(ctx, _validate(s))  # one decision on every rank
+    st.seconds = clock.seconds()
+    st.history.append(
+        {
+            "epoch": st.epoch,
+            "step": st.step,
+            "train_loss": train_loss,
+            "val_loss": val,
+            "lr": s.opt.param_groups[0]["lr"],
+            "seconds": st.seconds,
+        }
+    )
+    if val < st.best_val:
+        st.best_val, st.best_epoch, st.best_weights = val, st.epoch, _cpu(s)
+    patience = s.cfg.train.patience
+    stop = patience > 0 and st.epoch - st.best_epoch >= patience
+    # one decision for every rank (rank 0's clock)
+    return stop | (distributed.broadcast_value(ctx, float(clock.out_of_time())) > 0)
+
+
+def _finish(s: _Session) -> Result:
+    """Prediction intervals (forecast tasks), the overwrite swap, the result."""
+    st, fv = s.state, s.task["fv"]
+    if s.ctx.is_main:
+        with s.sig.held():
+            if fv is not None:  # intervals from the best model's validation residuals
+                from lstmkit.forecast import calibrate, save_calibration
+
+                s.model.load_state_dict(st.best_weights)
+                cal = calibrate(s.model.cpu(), s.task["scaler"], fv, s.cfg.data.length)
+                save_calibration(s.work, cal)
+            s.writer.finish()
+            s.finished = True
+    last = st.history[-1]
     return Result(
-        out,
-        epoch,
+        s.out,
+        st.epoch,
         last["train_loss"],
         last["val_loss"],
-        best["val"],
+        st.best_val,
         last["seconds"],
-        stopped_early,
+        st.stopped,
+        _capture(s),
     )
 
 
-def _checkpoint(work, model, opt, sched, epoch, step, history, best, seconds):
-    """One consistent checkpoint: state first (what resume reads), then the best model."""
-    if not distributed.is_main():  # only rank 0 writes the run directory
-        return
-    save_state(
-        work / STATE,
-        {
-            "epoch": epoch,
-            "step": step,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "rng": torch.get_rng_state(),
-            "history": history,
-            "best": best,
-            "seconds": seconds,
-        },
+def _failed(s: _Session, e: BaseException) -> BaseException:
+    """Leave the run directory as the message will say, and say it in one line: a stop by
+    signal, a failed save or a NaN loss each name what was kept and what to run."""
+    if s.writer is not None:
+        s.writer.abort()  # an unresumable start (or staging) goes; a committed run stays
+    kept, command = _kept(s)
+    if isinstance(e, Stop):
+        where = f"in epoch {s.state.epoch + 1}" if s.state else "before training started"
+        if s.finished:
+            where = "after the run finished"
+        return Interrupted(f"interrupted by {e.name} {where}; {kept}{command}", 128 + e.signum)
+    if isinstance(e, DiskError):
+        return DiskError(f"{e}; {kept}{command}")
+    if isinstance(e, TrainingError):  # running again would meet the same NaN: no command
+        return TrainingError(f"{e}; {kept}")
+    return e
+
+
+def _kept(s: _Session) -> tuple[str, str]:
+    """(what the run directory holds now, ": the command that goes on" or "")."""
+    q = shlex.quote(str(s.out))
+    if s.finished:
+        return f"the run in {s.out} is complete", ""
+    if s.mode == "--overwrite":
+        return (
+            f"{s.out} is unchanged (its replacement was discarded)",
+            ": run the same command again",
+        )
+    if s.committed is None and s.mode == "--resume":
+        return f"{s.out} is as it was", f": `lstmkit train --out {q} --resume` continues it"
+    if s.committed is None:
+        return "nothing was kept", ": run the same command again"
+    return (
+        f"the checkpoint of epoch {s.committed} in {s.out} is kept",
+        f": continue with `lstmkit train --out {q} --resume`",
     )
-    save_weights(work, best["model"])
-    _write_metrics(work, history)
