@@ -20,3 +20,8 @@ class RunDirError(LstmkitError):
 
 class TrainingError(RuntimeError):
     """Training could not go on (a NaN or Inf loss); the last good checkpoint is kept."""
+
+
+class BackendError(LstmkitError):
+    """A backend was asked for something it cannot do, or cannot run on this machine (the
+    message names the backend and the feature or the missing tool)."""

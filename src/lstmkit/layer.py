@@ -166,12 +166,14 @@ class LSTM(nn.Module):
         return weights, None if plain_kernel else extras
 
     def backend_choice(self, input: Tensor, lengths=None) -> tuple[str, str]:
-        """The backend a forward of ``input`` would run, and why: ``(name, reason)``."""
+        """The backend a forward of ``input`` would run, and why: ``(name, reason)``. A query:
+        it never builds the native kernel (the reason says "not built yet" when the first
+        forward will)."""
         x, h0, c0, lengths, _ = self._prepare(input, None, lengths)
         D = 2 if self.bidirectional else 1
         feats = self.variant.features(self.training)
         req = backends_request(x, h0, c0, self._weights(), self.num_layers, D, lengths, feats)
-        choice = backends.resolve(req, self.backend)
+        choice = backends.resolve(req, self.backend, build=False)
         return choice.name, choice.reason
 
     def forward(self, input, hx: tuple[Tensor, Tensor] | None = None, lengths=None):

@@ -29,14 +29,13 @@ then raises :class:`BackendError` naming the backend and the feature, never a si
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-
-class BackendError(ValueError):
-    """A backend was asked for something it cannot do (names the backend and the feature)."""
+from lstmkit.errors import BackendError  # noqa: F401  (its old home: still importable here)
 
 
 @dataclass(frozen=True)
@@ -132,20 +131,51 @@ def _auto(req: Request) -> tuple[str, str]:
     return "reference", "the only backend registered"
 
 
-def resolve(req: Request, name: str = "auto") -> Choice:
-    """The backend that runs ``req``: ``name`` itself, or the one ``auto`` picks, and why."""
+def _readiness(name: str, build: bool) -> str:
+    """ "" when backend ``name`` is ready to run, else a note for the reason string saying what
+    its first use will do. ``build``: do it now (the native kernel's compile), raising
+    :class:`BackendError` if it cannot be done. A backend module may define ``pending()``
+    (the note, or None when ready; it never builds) and ``prepare()`` (the build)."""
+    if torch.compiler.is_compiling():
+        return ""  # traced code never builds: the custom op's implementation does, at run time
+    mod = _load(name)
+    pending = getattr(mod, "pending", None)
+    note = None if pending is None else pending()
+    if note is None:
+        return ""
+    if build:
+        mod.prepare()
+        return ""
+    return f" ({note})"
+
+
+def resolve(req: Request, name: str = "auto", build: bool = True) -> Choice:
+    """The backend that runs ``req``: ``name`` itself, or the one ``auto`` picks, and why.
+
+    ``build=False`` is a query: it never triggers a backend's build (the native kernel's
+    compile), and the reason says when one is still to come. With ``build=True`` a backend
+    asked for by name that cannot be built raises :class:`BackendError`; only ``auto``
+    moves on to its next choice (and warns once)."""
     if name == "auto":
-        picked, reason = _auto(req)
-        return Choice(picked, _load(picked).run, f"auto: {reason}")
+        for _ in _REGISTRY:  # each failed build removes one candidate from the policy
+            picked, reason = _auto(req)
+            try:
+                note = _readiness(picked, build)
+            except BackendError as e:
+                warnings.warn(f"lstmkit: auto skips {picked!r}: {e}", RuntimeWarning, 2)
+                continue
+            return Choice(picked, _load(picked).run, f"auto: {reason}{note}")
+        raise BackendError("auto: no backend could be prepared for this request")
     if name not in _REGISTRY:
         raise BackendError(f"backend must be one of {names()}, got {name!r}")
     why = unsupported(name, req)
     if why is not None:
         raise BackendError(f"backend {name!r} does not support {why}")
-    return Choice(name, _load(name).run, "asked for by name")
+    note = _readiness(name, build)
+    return Choice(name, _load(name).run, f"asked for by name{note}")
 
 
-# The CPU backends are light to import (native compiles only at its first use): import them
+# The CPU backends are light to import (native compiles only at its first run): import them
 # now, so that code traced by torch.compile finds them in _MODULES. _ops registers the
 # lstmkit::lstm_layer custom ops, which a process loading a torch.export-ed model needs.
 for _name in ("reference", "fused", "native"):

@@ -35,8 +35,7 @@ def _loops(impl: str):
     if impl == "fused":
         return fused.LOOPS
     if impl == "native":
-        ext = native.load()
-        return fused.LOOPS if ext is None else native.NativeLoops(ext)
+        return native.NativeLoops(native.prepare())  # BackendError where it cannot be built
     raise ValueError(f"lstmkit::lstm_layer: impl must be 'fused' or 'native', got {impl!r}")
 
 
