@@ -48,7 +48,11 @@ class LSTM(nn.Module):
     ((L*D, ·) unbatched), zeros if omitted; ``lengths`` (B,) for right-padded input without
     packing: output is zero past each length and h_n, c_n are each sequence's true final state.
     Returns ``output, (h_n, c_n)``, output (T, B, D*(P or H)) (batch_first, unbatched and packed
-    as the input).
+    as the input). ``return_cell_states=True`` (a forward keyword) returns
+    ``output, (h_n, c_n), cell_states`` instead: the last layer's cell state c_t after every
+    step, (T, B, D*H) laid out as output is (batch_first, unbatched, packed; the backward
+    direction's half holds its c_t at the same t), zero past each length like output, and
+    differentiable (a loss on it trains the weights).
 
     Parameters: ``weight_ih_l{k}`` (4H, I or D*(P or H)), ``weight_hh_l{k}`` (4H, P or H),
     ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4H,), ``weight_hr_l{k}`` (P, H), with ``_reverse`` for
@@ -165,21 +169,33 @@ class LSTM(nn.Module):
             extras.append(variant_extras(self, v, sfx, masks, masks))
         return weights, None if plain_kernel else extras
 
-    def backend_choice(self, input: Tensor, lengths=None) -> tuple[str, str]:
+    def backend_choice(
+        self, input: Tensor, lengths=None, return_cell_states: bool = False
+    ) -> tuple[str, str]:
         """The backend a forward of ``input`` would run, and why: ``(name, reason)``. A query:
         it never builds the native kernel (the reason says "not built yet" when the first
         forward will)."""
         x, h0, c0, lengths, _ = self._prepare(input, None, lengths)
         D = 2 if self.bidirectional else 1
         feats = self.variant.features(self.training)
-        req = backends_request(x, h0, c0, self._weights(), self.num_layers, D, lengths, feats)
+        cells = _check_flag("return_cell_states", return_cell_states)
+        req = backends_request(
+            x, h0, c0, self._weights(), self.num_layers, D, lengths, feats, cells
+        )
         choice = backends.resolve(req, self.backend, build=False)
         return choice.name, choice.reason
 
-    def forward(self, input, hx: tuple[Tensor, Tensor] | None = None, lengths=None):
+    def forward(
+        self,
+        input,
+        hx: tuple[Tensor, Tensor] | None = None,
+        lengths=None,
+        return_cell_states: bool = False,
+    ):
+        cells = _check_flag("return_cell_states", return_cell_states)
         x, h0, c0, lengths, undo = self._prepare(input, hx, lengths)
         weights, extras = self._variant_weights(x)
-        out, h_n, c_n = lstm(
+        out, h_n, c_n, *cs = lstm(
             x,
             h0,
             c0,
@@ -192,7 +208,10 @@ class LSTM(nn.Module):
             backend=self.backend,
             extras=extras,
             features=self.variant.features(self.training),
+            cell_states=cells,
         )
+        if cells:
+            return (*undo(out, h_n, c_n), undo(cs[0], h_n, c_n)[0])
         return undo(out, h_n, c_n)
 
     # -- checks at the edge ------------------------------------------------------------------
@@ -291,6 +310,12 @@ class LSTM(nn.Module):
         from lstmkit.convert import to_torch
 
         return to_torch(self)
+
+
+def _check_flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def _check_lengths(lengths, T: int, B: int, unbatched: bool) -> Tensor:

@@ -3,7 +3,7 @@
 A backend runs ONE layer in ONE direction over a time-major, right-padded batch::
 
     run(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse,
-        extras=None) -> (out, h_n, c_n)
+        extras=None, cells=False) -> (out, h_n, c_n), or (out, h_n, c_n, cs) with cells
 
     x          (T, B, I)
     h0         (B, P or H)      c0 (B, H)
@@ -16,6 +16,9 @@ A backend runs ONE layer in ONE direction over a time-major, right-padded batch:
                parameters and this forward's masks (drawn by the layer, never by a backend)
     out        (T, B, P or H), exactly zero where t >= lengths[b]
     h_n, c_n   (B, P or H), (B, H): the state after each sequence's last valid step
+    cs         (T, B, H): the cell state c_t after every step, exactly zero where
+               t >= lengths[b], differentiable like out (only with ``cells=True``, which
+               the layer passes only if the request has ``cell_states``)
 
 A step with t >= lengths[b] leaves sequence b's state untouched, so in reverse each sequence
 starts from h0 at its own last element. The result must be differentiable with respect to x,
@@ -54,6 +57,7 @@ class Request:
     has_lengths: bool
     needs_grad: bool
     features: frozenset[str] = frozenset()  # variant features (lstmkit.variants.FEATURES)
+    cell_states: bool = False  # every step's c_t asked for (return_cell_states=True)
 
 
 @dataclass(frozen=True)

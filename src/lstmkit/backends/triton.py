@@ -82,6 +82,8 @@ def unsupported(req) -> str | None:
     if missing is None and "layer_norm" in req.features and req.H > LN_MAX_HIDDEN:
         return (f"variant layer_norm at hidden {req.H} (its kernels keep all 4H gate columns of "
                 f"a row in one program: hidden at most {LN_MAX_HIDDEN})")  # fmt: skip
+    if missing is None and req.cell_states and req.needs_grad:
+        return "return_cell_states with gradients (its backward kernel takes no cell gradient)"
     return missing
 
 
@@ -359,7 +361,7 @@ class _LSTMFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, g_ih, g_hh, g_c, b_c, lengths,
-                reverse, ex):  # fmt: skip
+                reverse, ex, cells):  # fmt: skip
         T, B, I = x.shape
         H = w_hh.size(1)
         dtype = x.dtype
@@ -389,10 +391,14 @@ class _LSTMFunction(torch.autograd.Function):
             ctx.save_for_backward(x, w_ih, w_hh, gates, hs, cs, lens, xhat, xrstd, g_ih)
             ctx.var = var
         ctx.meta = (reverse, b_ih is not None, h0.dtype, c0.dtype)
+        if cells:
+            return out, hs[T].clone(), cs[T].to(dtype), _cell_states(cs, lens, reverse, dtype)
         return out, hs[T].clone(), cs[T].to(dtype)
 
     @staticmethod
-    def backward(ctx, dout, dh_n, dc_n):
+    def backward(ctx, dout, dh_n, dc_n, dcs=None):
+        if dcs is not None:  # unsupported() refuses cell states with grad: this is a guard
+            raise BackendError("backend 'triton' does not support gradients of the cell states")
         x, w_ih, w_hh, gates, hs, cs, lens, xhat, xrstd, g_ih = ctx.saved_tensors
         reverse, has_bias, h_dtype, c_dtype = ctx.meta
         var = ctx.var
@@ -432,7 +438,16 @@ class _LSTMFunction(torch.autograd.Function):
         vg = _variant_grads(var, dgates, cs, dcout, reverse, need, x.dtype) if var.any else []
         vg = vg or [None] * 4
         return (dx, dh.to(h_dtype), dc.to(c_dtype), dw_ih, dw_hh, db, db, vg[0], dg_ih, *vg[1:],
-                None, None, None)  # fmt: skip
+                None, None, None, None)  # fmt: skip
+
+
+def _cell_states(cs, lens, reverse: bool, dtype) -> torch.Tensor:
+    """Every step's cell state (T, B, H) in time order, zero past each length, from the
+    kernel's (T+1, B, H) fp32 buffer (processing order: slot s+1 is the state after step s)."""
+    T = cs.size(0) - 1
+    c = cs[1:].flip(0) if reverse else cs[1:]
+    live = torch.arange(T, device=cs.device)[:, None] < lens[None, :]
+    return (c * live[..., None]).to(dtype)
 
 
 def _variant_grads(var, dgates, cs, dcout, reverse, need, dtype) -> list:
@@ -460,12 +475,14 @@ def _variant_grads(var, dgates, cs, dcout, reverse, need, dtype) -> list:
 
 
 def run(
-    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras=None
-):
+    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras=None,
+    cells=False,
+):  # fmt: skip
     """One layer, one direction; see :mod:`lstmkit.backends` for shapes and semantics.
 
-    x (T, B, I), h0 (B, H), c0 (B, H) -> out (T, B, H), h_n (B, H), c_n (B, H); ``extras``:
-    the variants (:class:`lstmkit.variants.CellExtras`) or None."""
+    x (T, B, I), h0 (B, H), c0 (B, H) -> out (T, B, H), h_n (B, H), c_n (B, H), and with
+    ``cells`` every step's c_t (T, B, H) (forward only: no gradient flows back through it);
+    ``extras``: the variants (:class:`lstmkit.variants.CellExtras`) or None."""
     if weight_hr is not None:
         raise BackendError("backend 'triton' does not support proj_size")
     peep = None if extras is None else extras.peephole
@@ -477,5 +494,5 @@ def run(
         )
     return _LSTMFunction.apply(
         x.contiguous(), h0.contiguous(), c0.contiguous(), weight_ih, weight_hh,
-        bias_ih, bias_hh, peep, *ln, lengths, bool(reverse), extras,
+        bias_ih, bias_hh, peep, *ln, lengths, bool(reverse), extras, cells,
     )  # fmt: skip

@@ -208,13 +208,15 @@ class NativeLoops:
         return tuple(res)
 
     def backward(self, dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, ex=None,
-                 aux=None):  # fmt: skip
+                 aux=None, dcs=None):  # fmt: skip
         dh_n, dc_n, w_hr = _contig(dh_n), _contig(dc_n), _contig(w_hr)
         args = (dout, dh_n, dc_n, gates, cbuf, tc, w_hh.contiguous(), w_hr, mask, reverse)
         if ex is None:
-            return tuple(self.ext.backward(*args))
+            return tuple(self.ext.backward(*args, _contig(dcs)))
         saved = [aux.get(k) for k in _AUX]
-        dG, dht, dh, dc, *grads = self.ext.backward_var(*args, *_variant_args(ex), *saved)
+        dG, dht, dh, dc, *grads = self.ext.backward_var(
+            *args, *_variant_args(ex), *saved, _contig(dcs)
+        )
         names = ("dgh", "dpeep", "dg_hh", "dg_c", "db_c")
         return dG, dht, dh, dc, {k: g for k, g in zip(names, grads, strict=True) if g is not None}
 
@@ -227,15 +229,17 @@ class NativeLoops:
 
 
 def run(
-    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras=None
-):
+    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras=None,
+    cells=False,
+):  # fmt: skip
     """One layer, one direction; see :mod:`lstmkit.backends` for shapes and semantics.
 
-    x (T, B, I), h0 (B, P or H), c0 (B, H) -> out (T, B, P or H), h_n, c_n.
+    x (T, B, I), h0 (B, P or H), c0 (B, H) -> out (T, B, P or H), h_n, c_n (and with
+    ``cells`` every step's c_t (T, B, H)).
     Builds the extension on the first eager call (traced code leaves that to the custom op).
     """
     ext = _ext if torch.compiler.is_compiling() else prepare()
     return _bptt.run_with(
         NativeLoops(ext), x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-        lengths, reverse, extras,
+        lengths, reverse, extras, cells,
     )  # fmt: skip
