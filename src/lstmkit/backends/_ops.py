@@ -237,6 +237,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, h0, w_ih, w_hh, w_hr, lengths, peep, g_ih, g_hh, g_c, b_c, h_mask,
                           zc, zh, *output[4:])  # fmt: skip
     ctx.flags = (reverse, impl, b_ih is not None, variant, coupled, cell_clip, zc_p, zh_p)
+    ctx.cells = cells
     ctx.mark_non_differentiable(*output[4:])
 
 
@@ -251,7 +252,8 @@ def _backward(ctx, *grads):
     )
     reverse, impl, has_bias, variant, coupled, cell_clip, zc_p, zh_p = ctx.flags
     var = (variant, peep, g_ih, g_hh, g_c, b_c, coupled, cell_clip, h_mask, zc, zc_p, zh, zh_p)
-    dout, dh_n, dc_n, dcs = grads[:4]
+    dout, dh_n, dc_n = grads[:3]
+    dcs = grads[3] if ctx.cells else None  # else the empty placeholder's (empty) gradient
     needs = list(ctx.needs_input_grad[:8]) + list(ctx.needs_input_grad[14:19])
     res = torch.ops.lstmkit.lstm_layer_backward(
         dout, dh_n, dc_n, dcs, x, h0, w_ih, w_hh, w_hr, saved, lengths, reverse, impl, needs,
