@@ -238,7 +238,9 @@ def run(
     ``cells`` every step's c_t (T, B, H)).
     Builds the extension on the first eager call (traced code leaves that to the custom op).
     """
-    ext = _ext if torch.compiler.is_compiling() else prepare()
+    # Traced code needs only the loops' name (the op loads the extension when it runs); not
+    # reading _ext there keeps a guard on it, and a recompile once it is loaded, away.
+    ext = None if torch.compiler.is_compiling() else prepare()
     return _bptt.run_with(
         NativeLoops(ext), x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
         lengths, reverse, extras, cells,
