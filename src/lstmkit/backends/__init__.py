@@ -179,9 +179,11 @@ def resolve(req: Request, name: str = "auto", build: bool = True) -> Choice:
     return Choice(name, _load(name).run, f"asked for by name{note}")
 
 
-# The CPU backends are light to import (native compiles only at its first run): import them
-# now, so that code traced by torch.compile finds them in _MODULES. _ops registers the
-# lstmkit::lstm_layer custom ops, which a process loading a torch.export-ed model needs.
-for _name in ("reference", "fused", "native"):
+# The backends are light to import (native compiles at its first run; triton imports the
+# triton package only when its kernels are first needed): import them now, so that code
+# traced by torch.compile finds them in _MODULES. _ops and _triton_ops register the
+# lstmkit::lstm_layer and lstmkit::triton_layer custom ops, which a process loading a
+# torch.export-ed model needs.
+for _name in ("reference", "fused", "native", "triton"):
     _load(_name)
-from lstmkit.backends import _ops  # noqa: E402, F401
+from lstmkit.backends import _ops, _triton_ops  # noqa: E402, F401
