@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch._dynamo.backends.registry import lookup_backend
 from torch.export import Dim
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstmkit
 from lstmkit.backends import BackendError, _ops
@@ -247,6 +248,32 @@ def test_compile_cell_states(backend):
             first = len(rec.graphs)  # (dynamo may restart its first analysis once)
     # one op per layer and direction, and no recompile for a new T and B
     assert rec.layer_ops() == 4 and len(rec.graphs) == first
+
+
+def test_compile_packed_sequence():  # the packing is the layer's, the same for every backend
+    eager, model = _pair("native", bidirectional=True)
+    rec = Recorder()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=rec)
+    for step, lens in enumerate([[5, 2, 4, 1], [3, 7, 2, 6, 5]]):
+        x = torch.randn(max(lens), len(lens), 3, dtype=torch.float64, requires_grad=True)
+        got, (h, c) = compiled(pack_padded_sequence(x, lens, enforce_sorted=False))
+        want, (h2, c2) = eager(pack_padded_sequence(x, lens, enforce_sorted=False))
+        assert torch.equal(got.batch_sizes, want.batch_sizes)
+        assert torch.equal(got.unsorted_indices, want.unsorted_indices)
+        torch.testing.assert_close((got.data, h, c), (want.data, h2, c2), **F64)
+        (gx,) = torch.autograd.grad(got.data.sum() + c.sum(), x)
+        (gx2,) = torch.autograd.grad(want.data.sum() + c2.sum(), x)
+        torch.testing.assert_close(gx, gx2, **F64)
+        if step == 0:
+            first = len(rec.graphs)
+    assert len(rec.graphs) == first  # a new T and B: no recompile
+
+
+def test_compiled_packed_sequence_needs_sorted_indices():
+    compiled = torch.compile(lstmkit.LSTM(3, 4), fullgraph=True, backend="eager")
+    packed = pack_padded_sequence(torch.randn(4, 2, 3), [4, 2])  # enforce_sorted=True
+    with pytest.raises(Exception, match="enforce_sorted=False"):
+        compiled(packed)
 
 
 def test_export_cell_states():

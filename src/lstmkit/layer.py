@@ -8,7 +8,7 @@ import warnings
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from lstmkit import backends
 from lstmkit.cell import init_variant_parameters, make_variant, variant_extras, variant_shapes
@@ -225,7 +225,7 @@ class LSTM(nn.Module):
         if packed:
             if lengths is not None:
                 raise ValueError("lengths must be None when input is a PackedSequence")
-            x, lengths = pad_packed_sequence(input)  # (T, B, I), original batch order
+            x, lengths = _unpack(input)  # (T, B, I), original batch order
             unbatched = False
         else:
             if not isinstance(input, Tensor):
@@ -270,7 +270,7 @@ class LSTM(nn.Module):
 
         def undo(out, h_n, c_n):
             if packed:
-                return _repack(out, lengths, input), (h_n, c_n)
+                return _repack(out, input), (h_n, c_n)
             if unbatched:
                 return out.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
             if self.batch_first:
@@ -354,11 +354,49 @@ def _check_lengths(lengths, T: int, B: int, unbatched: bool) -> Tensor:
     return lengths
 
 
-def _repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
+# Packing by index arithmetic rather than torch's pad_packed_sequence / pack_padded_sequence,
+# which torch.compile does not trace: every shape here comes from the PackedSequence's own
+# shapes (T from batch_sizes, B from sorted_indices, the rows from data), so T and B stay
+# symbolic and a compiled model takes a PackedSequence with fullgraph=True.
+
+
+def _positions(batch_sizes: Tensor, n: int, device) -> tuple[Tensor, Tensor]:
+    """(t, j) of each of the n packed rows: its step and its place in the sorted batch."""
+    bs = batch_sizes.to(device)
+    ends = bs.cumsum(0)
+    k = torch.arange(n, device=device)
+    t = torch.searchsorted(ends, k, right=True)
+    return t, k - (ends - bs)[t]
+
+
+def _batch_size(packed: PackedSequence) -> int:
+    if packed.sorted_indices is not None:
+        return packed.sorted_indices.size(0)
+    if torch.compiler.is_compiling():
+        raise ValueError(
+            "a PackedSequence under torch.compile needs sorted_indices (pack it with "
+            "enforce_sorted=False): its batch size must be a shape, not a value"
+        )
+    return int(packed.batch_sizes[0])
+
+
+def _unpack(packed: PackedSequence) -> tuple[Tensor, Tensor]:
+    """(padded (T, B, I) in the caller's batch order, lengths (B,) int64 on the CPU)."""
+    data, bs = packed.data, packed.batch_sizes
+    T, B = bs.size(0), _batch_size(packed)
+    t, j = _positions(bs, data.size(0), data.device)
+    padded = data.new_zeros(T, B, data.size(1))
+    padded[t, j] = data
+    lengths = (torch.arange(B).unsqueeze(0) < bs.unsqueeze(1)).sum(0)  # sorted order
+    if packed.unsorted_indices is not None:
+        undo = packed.unsorted_indices
+        padded, lengths = padded[:, undo.to(data.device)], lengths[undo.cpu()]
+    return padded, lengths
+
+
+def _repack(out: Tensor, like: PackedSequence) -> PackedSequence:
     """Pack (T, B, ·) ``out`` (caller's batch order) exactly as ``like`` was packed."""
     if like.sorted_indices is not None:
-        order = like.sorted_indices
-        packed = pack_padded_sequence(out[:, order.to(out.device)], lengths[order.cpu()])
-    else:
-        packed = pack_padded_sequence(out, lengths)
-    return PackedSequence(packed.data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+        out = out[:, like.sorted_indices.to(out.device)]
+    t, j = _positions(like.batch_sizes, like.data.size(0), out.device)
+    return PackedSequence(out[t, j], like.batch_sizes, like.sorted_indices, like.unsorted_indices)
