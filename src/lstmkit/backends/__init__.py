@@ -26,7 +26,11 @@ h0, c0 and every weight (through autograd, or an autograd.Function with its own 
 
 The layer (``lstmkit.functional``) calls :func:`resolve` once per forward and never branches
 on a backend's name. A backend that cannot run a request says why; asking for it by name
-then raises :class:`BackendError` naming the backend and the feature, never a silent fallback.
+then raises :class:`BackendError` (an :mod:`lstmkit.errors` class) naming the backend and the
+feature, never a silent fallback. A backend that must be built before its first run (native:
+its C++ kernel) also defines ``pending()`` (what the first run will do, without doing it) and
+``prepare()`` (do it, or raise BackendError naming what is missing): :func:`resolve` builds
+only for a forward, never for a query, and only ``auto`` moves on when a build fails.
 """
 
 from __future__ import annotations
