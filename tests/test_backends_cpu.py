@@ -363,3 +363,13 @@ def test_float32_hidden_64_and_128(name, H, P, lengths):
             atol=5e-5,
             rtol=1e-5,
         )
+
+
+def test_missing_compiler_is_named_before_any_build(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # an empty cache: a build is due
+    monkeypatch.setattr(native, "_ext", None)
+    monkeypatch.setattr(native, "_error", None)
+    with pytest.raises(lstmkit.BackendError, match="'native'.*no-such-c\\+\\+.*not on PATH"):
+        native.prepare()
+    assert capsys.readouterr().err == ""  # no "building" line: nothing was built

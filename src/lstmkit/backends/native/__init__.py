@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -94,6 +95,8 @@ def _build():
 
     where = build_dir()
     if not is_built():  # a compile, not a cache hit: say so, as it takes a while
+        if shutil.which(_compiler()) is None:  # fail before torch's long compiler warning
+            raise RuntimeError(f"no C++ compiler: {_compiler()!r} is not on PATH (set CXX)")
         print(NOTICE, file=sys.stderr, flush=True)
     where.mkdir(parents=True, exist_ok=True)
     # ninja may sit beside the interpreter of an unactivated venv; let the build find it.
