@@ -70,8 +70,11 @@ if platform.machine() in ("x86_64", "AMD64"):
 
 def _name() -> str:
     """The extension's name: a hash of everything the binary depends on, so that an edit, a
-    new torch or Python, or another CPU builds afresh instead of loading a stale binary."""
-    key = "\n".join([_SOURCE.read_text(), *_FLAGS, torch.__version__, sys.version, _cpu_flags()])
+    new torch or Python, or another CPU builds afresh instead of loading a stale binary; and
+    of the source's path, so that two checkouts sharing one cache do not rebuild each other's
+    (the build file names the source, and ninja rebuilds when that line changes)."""
+    parts = [_SOURCE.read_text(), str(_SOURCE), *_FLAGS, torch.__version__, sys.version]
+    key = "\n".join([*parts, _cpu_flags()])
     return "lstmkit_native_" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
