@@ -1,5 +1,7 @@
 # The README's two commands. Both create or reuse .venv (python3 -m venv + pip) and are safe
 # to run again: the install step reruns only when a requirements file or pyproject changes.
+# It also builds the native kernel into torch's extension cache ($TORCH_EXTENSIONS_DIR if set,
+# else ~/.cache/torch_extensions), where lstmkit looks for it at run time.
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
@@ -9,6 +11,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@echo "Building the native CPU kernel now (once, ~30 s), so the first lstmkit train need not"
+	$(PY) -m lstmkit.backends.native || echo "lstmkit: continuing without it (auto uses fused)"
 	touch $(STAMP)
 
 # First command: set up, train the default task (counting), then predict [5, 6, 7, 8].

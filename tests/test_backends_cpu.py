@@ -7,6 +7,7 @@ one layer and direction, every gradient), and through ``lstmkit.LSTM`` against
 
 import itertools
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from compare import GRID, TOL, Case, assert_same, case_id, run_both
 import lstmkit
 from lstmkit import backends
 from lstmkit.backends import Request, fused, native, reference
+from lstmkit.errors import LstmkitError
 
 FAST = ["fused", "native"]
 
@@ -218,25 +220,93 @@ def test_layer_matches_torch(case: Case, backend, dtype):
     assert_same(ours, theirs, dtype)
 
 
-def test_native_falls_back_to_fused_with_one_warning(monkeypatch):
-    def no_compiler():
-        raise RuntimeError("no C++ compiler found")
+@pytest.fixture
+def no_compiler(monkeypatch):
+    """The native extension as on a machine without a C++ compiler (its build raises, as
+    cpp_extension does there), not built before, nothing cached on disk."""
 
-    monkeypatch.setattr(native, "_build", no_compiler)
+    def build():
+        raise RuntimeError("Error building extension: c++: command not found")
+
+    monkeypatch.setattr(native, "_build", build)
     monkeypatch.setattr(native, "_ext", None)
     monkeypatch.setattr(native, "_error", None)
-    args = _args(3, 2, 2, 3, 0, True, torch.float64)
-    with pytest.warns(RuntimeWarning, match="native backend could not be compiled") as rec:
-        got = _run_and_grad(native, args, None, False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a second call must not warn again
-        again = _run_and_grad(native, args, None, False)
+    monkeypatch.setattr(native, "is_built", lambda: False)
+
+
+def test_native_by_name_without_compiler_raises(no_compiler):
+    m = lstmkit.LSTM(3, 4, backend="native")
+    x = torch.randn(5, 2, 3)
+    # the query does not build, so it cannot know yet; it says a build is coming
+    assert m.backend_choice(x) == (
+        "native",
+        "asked for by name (not built yet; builds on first use)",
+    )
+    with pytest.raises(lstmkit.BackendError, match="'native'.*C\\+\\+ compiler.*command not found"):
+        m(x)
+    with pytest.raises(LstmkitError, match="'native'.*C\\+\\+ compiler"):
+        m.backend_choice(x)  # now the failure is known: the query says it too, still no build
+    with pytest.raises(lstmkit.BackendError, match="'native'"):
+        m(x)  # and it stays refused, without a second build attempt
+
+
+def test_auto_without_compiler_falls_back_to_fused_with_one_warning(no_compiler):
+    m = lstmkit.LSTM(3, 4)
+    x = torch.randn(5, 2, 3)
+    name, reason = m.backend_choice(x)
+    assert name == "native" and reason.endswith("(not built yet; builds on first use)")
+    with pytest.warns(RuntimeWarning, match="auto skips 'native'.*C\\+\\+ compiler") as rec:
+        got = m(x)[0]
     assert len([w for w in rec if "native" in str(w.message)]) == 1
-    torch.testing.assert_close(got, _run_and_grad(fused, args, None, False), rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second forward must not warn again
+        again = m(x)[0]
+    m.backend = "fused"
+    torch.testing.assert_close(got, m(x)[0], rtol=0, atol=0)
     torch.testing.assert_close(again, got, rtol=0, atol=0)
-    # auto notices too, and says why it picked fused
-    name, reason = backends._auto(_request())
-    assert name == "fused" and "could not be compiled" in reason
+    m.backend = "auto"
+    name, reason = m.backend_choice(x)
+    assert name == "fused" and "native could not be built" in reason
+
+
+def test_backend_choice_never_builds(monkeypatch):
+    def build():
+        raise AssertionError("a query must not build the native extension")
+
+    monkeypatch.setattr(native, "_build", build)
+    monkeypatch.setattr(native, "_ext", None)
+    monkeypatch.setattr(native, "_error", None)
+    monkeypatch.setattr(native, "is_built", lambda: False)
+    for backend in ("auto", "native"):
+        name, reason = lstmkit.LSTM(3, 4, backend=backend).backend_choice(torch.randn(5, 2, 3))
+        assert name == "native" and "not built yet; builds on first use" in reason
+
+
+def test_first_build_prints_one_line(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(native, "_ext", None)
+    monkeypatch.setattr(native, "_error", None)
+    monkeypatch.setattr(native, "is_built", lambda: False)
+    import torch.utils.cpp_extension as ce
+
+    monkeypatch.setattr(ce, "load", lambda **kw: calls.append(kw) or "ext")
+    assert native.prepare() == "ext"
+    err = capsys.readouterr().err
+    assert err == native.NOTICE + "\n" and "building the native CPU kernel" in err
+    assert calls[0]["build_directory"] == str(native.build_dir())
+    monkeypatch.setattr(native, "_ext", None)
+    monkeypatch.setattr(native, "is_built", lambda: True)  # a cache hit: silent
+    native.prepare()
+    assert capsys.readouterr().err == ""
+
+
+def test_build_dir_follows_torch_extensions_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert native.build_dir().parent == tmp_path
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
+    from torch.utils.cpp_extension import get_default_build_root
+
+    assert native.build_dir().parent == Path(get_default_build_root())
 
 
 def _request(**kw) -> Request:
@@ -293,3 +363,13 @@ def test_float32_hidden_64_and_128(name, H, P, lengths):
             atol=5e-5,
             rtol=1e-5,
         )
+
+
+def test_missing_compiler_is_named_before_any_build(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # an empty cache: a build is due
+    monkeypatch.setattr(native, "_ext", None)
+    monkeypatch.setattr(native, "_error", None)
+    with pytest.raises(lstmkit.BackendError, match="'native'.*no-such-c\\+\\+.*not on PATH"):
+        native.prepare()
+    assert capsys.readouterr().err == ""  # no "building" line: nothing was built

@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch._dynamo.backends.registry import lookup_backend
 from torch.export import Dim
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstmkit
 from lstmkit.backends import BackendError, _ops
@@ -215,12 +216,80 @@ def test_opcheck(impl, case):
         ln = [r(4 * H), r(4 * H), r(H), r(H)]
         var = [True, r(3 * H), *ln, False, 1.5, None, zc, None, None, 0.1]
     base = [r(T, B, I), r(B, P), r(B, H), r(4 * H, I), r(4 * H, P), r(4 * H), r(4 * H), w_hr]
-    args = (*base, lengths, case != "plain", impl, True, *var)
+    cells = case != "plain"  # every step's cell state as an output too
+    args = (*base, lengths, case != "plain", impl, True, cells, *var)
     torch.library.opcheck(torch.ops.lstmkit.lstm_layer, args)
     # save=False is the inference op: traced only where no gradient is needed
     args = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
     args[11] = False
     torch.library.opcheck(torch.ops.lstmkit.lstm_layer, tuple(args))
+
+
+def _fwd_bwd_cells(model, x, lengths):
+    """Outputs and gradients of a loss on the cell states (and the output)."""
+    x = x.clone().requires_grad_(True)
+    model.zero_grad()
+    y, (h, c), cs = model(x, lengths=lengths, return_cell_states=True)
+    (cs.sin().sum() + y.sum()).backward()
+    return [y.detach(), cs.detach(), x.grad, *(p.grad for p in model.parameters())]
+
+
+def test_compile_cell_states():  # fused: the same op (opcheck above); reference: autograd
+    eager, model = _pair("native", num_layers=2, bidirectional=True, proj_size=2)
+    rec = Recorder()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=rec)
+    for step, (T, B) in enumerate([(6, 4), (8, 5)]):  # (B = I = 3 would share I's symbol)
+        x, lengths = _inputs(T, B, 3, torch.float64, seed=step)
+        got = _fwd_bwd_cells(compiled, x, lengths)
+        torch.testing.assert_close(got, _fwd_bwd_cells(eager, x, lengths), **F64)
+        assert got[1].shape == (T, B, 10)
+        if step == 0:
+            first = len(rec.graphs)  # (dynamo may restart its first analysis once)
+    # one op per layer and direction, and no recompile for a new T and B
+    assert rec.layer_ops() == 4 and len(rec.graphs) == first
+
+
+def test_compile_packed_sequence():  # the packing is the layer's, the same for every backend
+    eager, model = _pair("native", bidirectional=True)
+    rec = Recorder()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=rec)
+    for step, lens in enumerate([[5, 2, 4, 1], [3, 7, 2, 6, 5]]):
+        x = torch.randn(max(lens), len(lens), 3, dtype=torch.float64, requires_grad=True)
+        got, (h, c) = compiled(pack_padded_sequence(x, lens, enforce_sorted=False))
+        want, (h2, c2) = eager(pack_padded_sequence(x, lens, enforce_sorted=False))
+        assert torch.equal(got.batch_sizes, want.batch_sizes)
+        assert torch.equal(got.unsorted_indices, want.unsorted_indices)
+        torch.testing.assert_close((got.data, h, c), (want.data, h2, c2), **F64)
+        (gx,) = torch.autograd.grad(got.data.sum() + c.sum(), x)
+        (gx2,) = torch.autograd.grad(want.data.sum() + c2.sum(), x)
+        torch.testing.assert_close(gx, gx2, **F64)
+        if step == 0:
+            first = len(rec.graphs)
+    assert len(rec.graphs) == first  # a new T and B: no recompile
+
+
+def test_compiled_packed_sequence_needs_sorted_indices():
+    compiled = torch.compile(lstmkit.LSTM(3, 4), fullgraph=True, backend="eager")
+    packed = pack_padded_sequence(torch.randn(4, 2, 3), [4, 2])  # enforce_sorted=True
+    with pytest.raises(Exception, match="enforce_sorted=False"):
+        compiled(packed)
+
+
+def test_export_cell_states():
+    torch.manual_seed(0)
+    model = lstmkit.LSTM(3, 5, bidirectional=True).eval()
+    x, lengths = torch.randn(7, 4, 3), torch.tensor([7, 2, 5, 1])
+    dims = {"input": {0: Dim("T", min=1, max=4096), 1: Dim("B", min=1, max=512)}}
+    dims |= {"lengths": {0: dims["input"][1]}, "return_cell_states": None}
+    kwargs = {"lengths": lengths, "return_cell_states": True}
+    with torch.no_grad():
+        ep = torch.export.export(model, (x,), kwargs, dynamic_shapes=dims)
+        for T, B in ((1, 1), (9, 3)):
+            (xt,), kw = _example("lstm", T, B)
+            kw["return_cell_states"] = True
+            got, want = ep.module()(xt, **kw), model(xt, **kw)
+            assert got[2].shape == (T, B, 10)
+            torch.testing.assert_close(got, want, **F32)
 
 
 # -- torch.export --------------------------------------------------------------------------

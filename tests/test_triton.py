@@ -295,3 +295,27 @@ def test_projection_is_a_clear_error():
     x, h0, c0, w, _ = _case(3, 2, 3, 8)
     with pytest.raises(BackendError, match="triton.*proj_size"):
         tb.run(x, h0[:, :2], c0, *w, torch.randn(2, 8), None, False)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_cell_states_match_reference(reverse):
+    x, h0, c0, w, lens = _case(6, 3, 3, 8, lengths=True)
+    with torch.no_grad():
+        got = tb.run(x, h0, c0, *w, None, lens, reverse, None, True)
+        want = reference.run(x, h0, c0, *w, None, lens, reverse, None, True)
+    assert len(got) == 4 and got[3].shape == (6, 3, 8)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    assert (got[3][lens[1] :, 1] == 0).all()  # zero past the length
+
+
+def test_cell_states_with_gradients_are_refused_by_name():
+    assert "return_cell_states" in tb.unsupported(_req(cell_states=True))
+    assert tb.unsupported(_req(cell_states=True, needs_grad=False)) is None
+    tri = LSTM(3, 8, backend="triton")
+    x = torch.randn(4, 2, 3)
+    with pytest.raises(BackendError, match="triton.*return_cell_states with gradients"):
+        tri(x, return_cell_states=True)
+    with torch.no_grad():
+        _, (_, c_n), cs = tri(x, return_cell_states=True)
+    torch.testing.assert_close(cs[-1], c_n[0], **TOL)

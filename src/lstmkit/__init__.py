@@ -1,8 +1,8 @@
 """lstmkit: a readable, fast, complete LSTM library."""
 
-from lstmkit.backends import BackendError
 from lstmkit.cell import LSTMCell, lstm_cell, lstm_gates
-from lstmkit.layer import LSTM
+from lstmkit.errors import BackendError
+from lstmkit.layer import LSTM  # imports lstmkit.backends, which registers the custom ops
 
 __version__ = "0.1.0"
 

@@ -35,3 +35,8 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, message: str, exit_code: int = 130) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class BackendError(LstmkitError):
+    """A backend was asked for something it cannot do, or cannot run on this machine (the
+    message names the backend and the feature or the missing tool)."""

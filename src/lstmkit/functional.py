@@ -24,7 +24,8 @@ def lstm(
     backend: str = "auto",
     extras: list[CellExtras | None] | None = None,
     features: frozenset[str] = frozenset(),
-) -> tuple[Tensor, Tensor, Tensor]:
+    cell_states: bool = False,
+) -> tuple[Tensor, ...]:
     """A multi-layer LSTM over a time-major, right-padded batch.
 
     x (T, B, I); h0 (L*D, B, P or H); c0 (L*D, B, H); ``weights[k*D + d]`` is
@@ -33,19 +34,22 @@ def lstm(
     each length, h_n (L*D, B, P or H), c_n (L*D, B, H). ``extras[k*D + d]``: the variants of
     that layer and direction (None: plain), ``features`` the kernel features they need
     (:meth:`lstmkit.variants.Variant.features`). Inputs are assumed valid:
-    :class:`lstmkit.LSTM` checks them at the edge.
+    :class:`lstmkit.LSTM` checks them at the edge. With ``cell_states`` a fourth result: the
+    last layer's cell state after every step, (T, B, D*H), zero past each length.
     """
     D = 2 if bidirectional else 1
-    req = backends_request(x, h0, c0, weights, num_layers, D, lengths, features)
+    req = backends_request(x, h0, c0, weights, num_layers, D, lengths, features, cell_states)
     choice = backends.resolve(req, backend)
     h_n, c_n = [], []
     layer_in = x
+    cells: list[Tensor] = []
     for k in range(num_layers):
         outs = []
+        last = cell_states and k == num_layers - 1  # the cell states of the last layer only
         for d in range(D):
             w_ih, w_hh, b_ih, b_hh, w_hr = weights[k * D + d]
             ex = None if extras is None else extras[k * D + d]
-            out, h, c = choice.run(
+            out, h, c, *rest = choice.run(
                 layer_in,
                 h0[k * D + d],
                 c0[k * D + d],
@@ -56,19 +60,24 @@ def lstm(
                 w_hr,
                 lengths,
                 d == 1,
-                *([ex] if ex is not None else []),
+                *([ex] if ex is not None or last else []),
+                *([True] if last else []),
             )
             outs.append(out)
             h_n.append(h)
             c_n.append(c)
+            cells += rest
         layer_in = outs[0] if D == 1 else torch.cat(outs, dim=2)
         if dropout > 0 and training and k < num_layers - 1:
             layer_in = F.dropout(layer_in, dropout, training=True)
+    if cell_states:
+        cs = cells[0] if D == 1 else torch.cat(cells, dim=2)
+        return layer_in, torch.stack(h_n), torch.stack(c_n), cs
     return layer_in, torch.stack(h_n), torch.stack(c_n)
 
 
 def backends_request(
-    x, h0, c0, weights, num_layers, D, lengths, features=frozenset()
+    x, h0, c0, weights, num_layers, D, lengths, features=frozenset(), cell_states=False
 ) -> backends.Request:
     """The :class:`backends.Request` describing one call to :func:`lstm`."""
     w_ih, w_hh, _, _, w_hr = weights[0]
@@ -91,4 +100,5 @@ def backends_request(
         has_lengths=lengths is not None,
         needs_grad=needs_grad,
         features=features,
+        cell_states=cell_states,
     )

@@ -8,7 +8,7 @@ import warnings
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from lstmkit import backends
 from lstmkit.cell import init_variant_parameters, make_variant, variant_extras, variant_shapes
@@ -48,7 +48,11 @@ class LSTM(nn.Module):
     ((L*D, ·) unbatched), zeros if omitted; ``lengths`` (B,) for right-padded input without
     packing: output is zero past each length and h_n, c_n are each sequence's true final state.
     Returns ``output, (h_n, c_n)``, output (T, B, D*(P or H)) (batch_first, unbatched and packed
-    as the input).
+    as the input). ``return_cell_states=True`` (a forward keyword) returns
+    ``output, (h_n, c_n), cell_states`` instead: the last layer's cell state c_t after every
+    step, (T, B, D*H) laid out as output is (batch_first, unbatched, packed; the backward
+    direction's half holds its c_t at the same t), zero past each length like output, and
+    differentiable (a loss on it trains the weights).
 
     Parameters: ``weight_ih_l{k}`` (4H, I or D*(P or H)), ``weight_hh_l{k}`` (4H, P or H),
     ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4H,), ``weight_hr_l{k}`` (P, H), with ``_reverse`` for
@@ -165,19 +169,33 @@ class LSTM(nn.Module):
             extras.append(variant_extras(self, v, sfx, masks, masks))
         return weights, None if plain_kernel else extras
 
-    def backend_choice(self, input: Tensor, lengths=None) -> tuple[str, str]:
-        """The backend a forward of ``input`` would run, and why: ``(name, reason)``."""
+    def backend_choice(
+        self, input: Tensor, lengths=None, return_cell_states: bool = False
+    ) -> tuple[str, str]:
+        """The backend a forward of ``input`` would run, and why: ``(name, reason)``. A query:
+        it never builds the native kernel (the reason says "not built yet" when the first
+        forward will)."""
         x, h0, c0, lengths, _ = self._prepare(input, None, lengths)
         D = 2 if self.bidirectional else 1
         feats = self.variant.features(self.training)
-        req = backends_request(x, h0, c0, self._weights(), self.num_layers, D, lengths, feats)
-        choice = backends.resolve(req, self.backend)
+        cells = _check_flag("return_cell_states", return_cell_states)
+        req = backends_request(
+            x, h0, c0, self._weights(), self.num_layers, D, lengths, feats, cells
+        )
+        choice = backends.resolve(req, self.backend, build=False)
         return choice.name, choice.reason
 
-    def forward(self, input, hx: tuple[Tensor, Tensor] | None = None, lengths=None):
+    def forward(
+        self,
+        input,
+        hx: tuple[Tensor, Tensor] | None = None,
+        lengths=None,
+        return_cell_states: bool = False,
+    ):
+        cells = _check_flag("return_cell_states", return_cell_states)
         x, h0, c0, lengths, undo = self._prepare(input, hx, lengths)
         weights, extras = self._variant_weights(x)
-        out, h_n, c_n = lstm(
+        out, h_n, c_n, *cs = lstm(
             x,
             h0,
             c0,
@@ -190,7 +208,10 @@ class LSTM(nn.Module):
             backend=self.backend,
             extras=extras,
             features=self.variant.features(self.training),
+            cell_states=cells,
         )
+        if cells:
+            return (*undo(out, h_n, c_n), undo(cs[0], h_n, c_n)[0])
         return undo(out, h_n, c_n)
 
     # -- checks at the edge ------------------------------------------------------------------
@@ -204,7 +225,7 @@ class LSTM(nn.Module):
         if packed:
             if lengths is not None:
                 raise ValueError("lengths must be None when input is a PackedSequence")
-            x, lengths = pad_packed_sequence(input)  # (T, B, I), original batch order
+            x, lengths = _unpack(input)  # (T, B, I), original batch order
             unbatched = False
         else:
             if not isinstance(input, Tensor):
@@ -249,7 +270,7 @@ class LSTM(nn.Module):
 
         def undo(out, h_n, c_n):
             if packed:
-                return _repack(out, lengths, input), (h_n, c_n)
+                return _repack(out, input), (h_n, c_n)
             if unbatched:
                 return out.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
             if self.batch_first:
@@ -291,6 +312,12 @@ class LSTM(nn.Module):
         return to_torch(self)
 
 
+def _check_flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def _check_lengths(lengths, T: int, B: int, unbatched: bool) -> Tensor:
     """lengths as an int64 CPU tensor of shape (B,), every value in 1..T."""
     if isinstance(lengths, Tensor):
@@ -327,11 +354,49 @@ def _check_lengths(lengths, T: int, B: int, unbatched: bool) -> Tensor:
     return lengths
 
 
-def _repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
+# Packing by index arithmetic rather than torch's pad_packed_sequence / pack_padded_sequence,
+# which torch.compile does not trace: every shape here comes from the PackedSequence's own
+# shapes (T from batch_sizes, B from sorted_indices, the rows from data), so T and B stay
+# symbolic and a compiled model takes a PackedSequence with fullgraph=True.
+
+
+def _positions(batch_sizes: Tensor, n: int, device) -> tuple[Tensor, Tensor]:
+    """(t, j) of each of the n packed rows: its step and its place in the sorted batch."""
+    bs = batch_sizes.to(device)
+    ends = bs.cumsum(0)
+    k = torch.arange(n, device=device)
+    t = torch.searchsorted(ends, k, right=True)
+    return t, k - (ends - bs)[t]
+
+
+def _batch_size(packed: PackedSequence) -> int:
+    if packed.sorted_indices is not None:
+        return packed.sorted_indices.size(0)
+    if torch.compiler.is_compiling():
+        raise ValueError(
+            "a PackedSequence under torch.compile needs sorted_indices (pack it with "
+            "enforce_sorted=False): its batch size must be a shape, not a value"
+        )
+    return int(packed.batch_sizes[0])
+
+
+def _unpack(packed: PackedSequence) -> tuple[Tensor, Tensor]:
+    """(padded (T, B, I) in the caller's batch order, lengths (B,) int64 on the CPU)."""
+    data, bs = packed.data, packed.batch_sizes
+    T, B = bs.size(0), _batch_size(packed)
+    t, j = _positions(bs, data.size(0), data.device)
+    padded = data.new_zeros(T, B, data.size(1))
+    padded[t, j] = data
+    lengths = (torch.arange(B).unsqueeze(0) < bs.unsqueeze(1)).sum(0)  # sorted order
+    if packed.unsorted_indices is not None:
+        undo = packed.unsorted_indices
+        padded, lengths = padded[:, undo.to(data.device)], lengths[undo.cpu()]
+    return padded, lengths
+
+
+def _repack(out: Tensor, like: PackedSequence) -> PackedSequence:
     """Pack (T, B, ·) ``out`` (caller's batch order) exactly as ``like`` was packed."""
     if like.sorted_indices is not None:
-        order = like.sorted_indices
-        packed = pack_padded_sequence(out[:, order.to(out.device)], lengths[order.cpu()])
-    else:
-        packed = pack_padded_sequence(out, lengths)
-    return PackedSequence(packed.data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+        out = out[:, like.sorted_indices.to(out.device)]
+    t, j = _positions(like.batch_sizes, like.data.size(0), out.device)
+    return PackedSequence(out[t, j], like.batch_sizes, like.sorted_indices, like.unsorted_indices)

@@ -3,7 +3,7 @@
 A backend runs ONE layer in ONE direction over a time-major, right-padded batch::
 
     run(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse,
-        extras=None) -> (out, h_n, c_n)
+        extras=None, cells=False) -> (out, h_n, c_n), or (out, h_n, c_n, cs) with cells
 
     x          (T, B, I)
     h0         (B, P or H)      c0 (B, H)
@@ -16,6 +16,9 @@ A backend runs ONE layer in ONE direction over a time-major, right-padded batch:
                parameters and this forward's masks (drawn by the layer, never by a backend)
     out        (T, B, P or H), exactly zero where t >= lengths[b]
     h_n, c_n   (B, P or H), (B, H): the state after each sequence's last valid step
+    cs         (T, B, H): the cell state c_t after every step, exactly zero where
+               t >= lengths[b], differentiable like out (only with ``cells=True``, which
+               the layer passes only if the request has ``cell_states``)
 
 A step with t >= lengths[b] leaves sequence b's state untouched, so in reverse each sequence
 starts from h0 at its own last element. The result must be differentiable with respect to x,
@@ -23,20 +26,23 @@ h0, c0 and every weight (through autograd, or an autograd.Function with its own 
 
 The layer (``lstmkit.functional``) calls :func:`resolve` once per forward and never branches
 on a backend's name. A backend that cannot run a request says why; asking for it by name
-then raises :class:`BackendError` naming the backend and the feature, never a silent fallback.
+then raises :class:`BackendError` (an :mod:`lstmkit.errors` class) naming the backend and the
+feature, never a silent fallback. A backend that must be built before its first run (native:
+its C++ kernel) also defines ``pending()`` (what the first run will do, without doing it) and
+``prepare()`` (do it, or raise BackendError naming what is missing): :func:`resolve` builds
+only for a forward, never for a query, and only ``auto`` moves on when a build fails.
 """
 
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-
-class BackendError(ValueError):
-    """A backend was asked for something it cannot do (names the backend and the feature)."""
+from lstmkit.errors import BackendError  # noqa: F401  (its old home: still importable here)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class Request:
     has_lengths: bool
     needs_grad: bool
     features: frozenset[str] = frozenset()  # variant features (lstmkit.variants.FEATURES)
+    cell_states: bool = False  # every step's c_t asked for (return_cell_states=True)
 
 
 @dataclass(frozen=True)
@@ -132,22 +139,55 @@ def _auto(req: Request) -> tuple[str, str]:
     return "reference", "the only backend registered"
 
 
-def resolve(req: Request, name: str = "auto") -> Choice:
-    """The backend that runs ``req``: ``name`` itself, or the one ``auto`` picks, and why."""
+def _readiness(name: str, build: bool) -> str:
+    """ "" when backend ``name`` is ready to run, else a note for the reason string saying what
+    its first use will do. ``build``: do it now (the native kernel's compile), raising
+    :class:`BackendError` if it cannot be done. A backend module may define ``pending()``
+    (the note, or None when ready; it never builds) and ``prepare()`` (the build)."""
+    if torch.compiler.is_compiling():
+        return ""  # traced code never builds: the custom op's implementation does, at run time
+    mod = _load(name)
+    pending = getattr(mod, "pending", None)
+    note = None if pending is None else pending()
+    if note is None:
+        return ""
+    if build:
+        mod.prepare()
+        return ""
+    return f" ({note})"
+
+
+def resolve(req: Request, name: str = "auto", build: bool = True) -> Choice:
+    """The backend that runs ``req``: ``name`` itself, or the one ``auto`` picks, and why.
+
+    ``build=False`` is a query: it never triggers a backend's build (the native kernel's
+    compile), and the reason says when one is still to come. With ``build=True`` a backend
+    asked for by name that cannot be built raises :class:`BackendError`; only ``auto``
+    moves on to its next choice (and warns once)."""
     if name == "auto":
-        picked, reason = _auto(req)
-        return Choice(picked, _load(picked).run, f"auto: {reason}")
+        for _ in _REGISTRY:  # each failed build removes one candidate from the policy
+            picked, reason = _auto(req)
+            try:
+                note = _readiness(picked, build)
+            except BackendError as e:
+                warnings.warn(f"lstmkit: auto skips {picked!r}: {e}", RuntimeWarning, 2)
+                continue
+            return Choice(picked, _load(picked).run, f"auto: {reason}{note}")
+        raise BackendError("auto: no backend could be prepared for this request")
     if name not in _REGISTRY:
         raise BackendError(f"backend must be one of {names()}, got {name!r}")
     why = unsupported(name, req)
     if why is not None:
         raise BackendError(f"backend {name!r} does not support {why}")
-    return Choice(name, _load(name).run, "asked for by name")
+    note = _readiness(name, build)
+    return Choice(name, _load(name).run, f"asked for by name{note}")
 
 
-# The CPU backends are light to import (native compiles only at its first use): import them
-# now, so that code traced by torch.compile finds them in _MODULES. _ops registers the
-# lstmkit::lstm_layer custom ops, which a process loading a torch.export-ed model needs.
-for _name in ("reference", "fused", "native"):
+# The backends are light to import (native compiles at its first run; triton imports the
+# triton package only when its kernels are first needed): import them now, so that code
+# traced by torch.compile finds them in _MODULES. _ops and _triton_ops register the
+# lstmkit::lstm_layer and lstmkit::triton_layer custom ops, which a process loading a
+# torch.export-ed model needs.
+for _name in ("reference", "fused", "native", "triton"):
     _load(_name)
-from lstmkit.backends import _ops  # noqa: E402, F401
+from lstmkit.backends import _ops, _triton_ops  # noqa: E402, F401

@@ -42,9 +42,12 @@ class Loops(Protocol):
         is tanh of the (normalised) cell the output reads."""
 
     def backward(
-        self, dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, ex=None, aux=None
-    ):
-        """Reverse loop. ``dout`` (T, B, P) | None, ``dh_n`` (B, P) | None, ``dc_n`` (B, H) | None.
+        self, dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, ex=None, aux=None,
+        dcs=None,
+    ):  # fmt: skip
+        """Reverse loop. ``dout`` (T, B, P) | None, ``dh_n`` (B, P) | None, ``dc_n`` (B, H) | None,
+        ``dcs`` (T, B, H) | None the gradient of every step's cell state c_t (zero on dead
+        steps; added to the cell's gradient at step t, as ``dout`` is to the hidden state's).
 
         Returns (dG (T, B, 4H) pre-activation gate gradients, zero on dead steps;
         dht (T, B, P) | None the gradient reaching each projected h_t, zero on dead steps;
@@ -108,6 +111,24 @@ def _outputs(hbuf: Tensor, c_n: Tensor, mask: Tensor | None, reverse: bool, save
     elif saved:
         out = out.clone()
     return out, h_n.clone(), c_n
+
+
+def cell_states(cbuf: Tensor, mask: Tensor | None, reverse: bool) -> Tensor:
+    """Every step's cell state c_t (T, B, H) in time order, zero on dead steps, from the
+    saved cell buffer (its own tensor: never a view of the buffer the backward reads)."""
+    cs = cbuf[:-1] if reverse else cbuf[1:]
+    return cs * mask.unsqueeze(-1).to(cs.dtype) if mask is not None else cs.clone()
+
+
+def forward_cells_no_grad(
+    loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex=None
+):
+    """Inference that also returns every step's cell state: (out, h_n, c_n, cells (T, B, H)).
+    One pass over all steps with the cell buffer kept (as training keeps it), not chunked."""
+    mask = time_mask(lengths, x.size(0), x.device)
+    xg = _project(loops, x, w_ih, b_ih, b_hh, ex)
+    hbuf, c_n, cbuf, *_ = loops.forward(xg, h0, c0, w_hh, w_hr, mask, reverse, True, ex)
+    return (*_outputs(hbuf, c_n, mask, reverse, saved=False), cell_states(cbuf, mask, reverse))
 
 
 # Inference projects the inputs one chunk of steps at a time so that the gate buffer stays in
@@ -187,18 +208,21 @@ def forward_train(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths
 
 
 def backward_train(loops: Loops, x, w_ih, w_hh, w_hr, state, dout, dh_n, dc_n, needs, has_bias,
-                   reverse, ex):  # fmt: skip
+                   reverse, ex, dcs=None):  # fmt: skip
     """The gradients of :class:`LSTMFunction`'s first 13 inputs (x, h0, c0, w_ih, w_hh, b_ih,
-    b_hh, w_hr, peep, g_ih, g_hh, g_c, b_c), None where ``needs[i]`` is False or unused."""
+    b_hh, w_hr, peep, g_ih, g_hh, g_c, b_c), None where ``needs[i]`` is False or unused.
+    ``dcs`` (T, B, H) | None: the gradient of :func:`cell_states`' output."""
     gates, hbuf, cbuf, tc, r, mask, xhat, rstd = state[:8]
     T, B, I = x.shape
     if dout is not None:
         dout = dout.contiguous()
+    if dcs is not None:  # the cell states are zero past each length: no gradient there
+        dcs = dcs.contiguous() if mask is None else dcs * mask.unsqueeze(-1).to(dcs.dtype)
     extra = []
     if ex is not None:
         extra = [ex, {k: t for k, t in zip(_AUX_KEYS, state[8:], strict=True) if t is not None}]
     dG, dht, dh0, dc0, *vgrads = loops.backward(
-        dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, *extra
+        dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, *extra, dcs=dcs
     )
     vg = vgrads[0] if vgrads else {}
     dG2 = dG.view(T * B, -1)
@@ -232,11 +256,12 @@ class LSTMFunction(torch.autograd.Function):
     The variants' parameters (peephole (3H,), layer-norm gains g_ih, g_hh (4H,), g_c, b_c
     (H,)) are inputs too, so that they get gradients; ``ex`` carries them with the masks.
     First derivatives only: the backward is not itself differentiable (no double backward).
+    With ``cells`` a fourth output, every step's cell state (:func:`cell_states`).
     """
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, g_ih, g_hh, g_c, b_c,
-                lengths, reverse, loops, ex):  # fmt: skip
+                lengths, reverse, loops, ex, cells):  # fmt: skip
         x = x.contiguous()
         out, h_n, c_n, state = forward_train(
             loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex
@@ -244,15 +269,18 @@ class LSTMFunction(torch.autograd.Function):
         ctx.save_for_backward(x, w_ih, w_hh, w_hr, *state)
         ctx.reverse, ctx.loops, ctx.has_bias, ctx.ex = reverse, loops, b_ih is not None, ex
         ctx.set_materialize_grads(False)
+        if cells:
+            return out, h_n, c_n, cell_states(state[2], state[5], reverse)
         return out, h_n, c_n
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, dout, dh_n, dc_n):
+    def backward(ctx, dout, dh_n, dc_n, dcs=None):
         x, w_ih, w_hh, w_hr, *state = ctx.saved_tensors
         grads = backward_train(ctx.loops, x, w_ih, w_hh, w_hr, state, dout, dh_n, dc_n,
-                               ctx.needs_input_grad, ctx.has_bias, ctx.reverse, ctx.ex)  # fmt: skip
-        return (*grads, None, None, None, None)
+                               ctx.needs_input_grad, ctx.has_bias, ctx.reverse, ctx.ex,
+                               dcs)  # fmt: skip
+        return (*grads, None, None, None, None, None)
 
 
 # The variant parameters' gradients a loops backward returns, in LSTMFunction's input order
@@ -260,8 +288,10 @@ class LSTMFunction(torch.autograd.Function):
 _VGRADS = ("dpeep", "dg_ih", "dg_hh", "dg_c", "db_c")
 
 
-def run_with(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex=None):
-    """The backend ``run`` over a given loops object (see :mod:`lstmkit.backends`)."""
+def run_with(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex=None,
+             cells=False):  # fmt: skip
+    """The backend ``run`` over a given loops object (see :mod:`lstmkit.backends`); with
+    ``cells`` a fourth result, every step's cell state (T, B, H), zero on dead steps."""
     peep = None if ex is None else ex.peephole
     ln = (None,) * 4 if ex is None or ex.layer_norm is None else ex.layer_norm
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peep, *ln)
@@ -270,7 +300,8 @@ def run_with(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, rev
         from lstmkit.backends import _ops
 
         return _ops.run(loops.name, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
-                        ex, save)  # fmt: skip
+                        ex, save, cells)  # fmt: skip
     if save:
-        return LSTMFunction.apply(*tensors, lengths, reverse, loops, ex)
-    return forward_no_grad(loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex)
+        return LSTMFunction.apply(*tensors, lengths, reverse, loops, ex, cells)
+    infer = forward_cells_no_grad if cells else forward_no_grad
+    return infer(loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex)

@@ -2,7 +2,8 @@
 torch.export: one op per layer and direction in the graph, never a loop over time.
 
 * ``lstmkit::lstm_layer`` runs one layer in one direction (the arguments of a backend's
-  ``run``, the variants' tensors flattened) and returns ``out, h_n, c_n`` followed by the
+  ``run``, the variants' tensors flattened) and returns ``out, h_n, c_n``, every step's cell
+  state (T, B, H) when ``cells`` (else an empty tensor), followed by the
   buffers its backward reads (:data:`lstmkit.backends._bptt.STATE` less the time mask, which
   the backward rebuilds from ``lengths``); with ``save=False`` (inference) those buffers are
   empty and the inputs are projected in chunks of steps, as in eager inference.
@@ -35,8 +36,7 @@ def _loops(impl: str):
     if impl == "fused":
         return fused.LOOPS
     if impl == "native":
-        ext = native.load()
-        return fused.LOOPS if ext is None else native.NativeLoops(ext)
+        return native.NativeLoops(native.prepare())  # BackendError where it cannot be built
     raise ValueError(f"lstmkit::lstm_layer: impl must be 'fused' or 'native', got {impl!r}")
 
 
@@ -80,12 +80,13 @@ _PER_STEP = ("gates", "tc", "r", "cnew", "ghat", "grstd", "chat", "crstd")
 
 _ARGS = (
     "Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
-    "Tensor? w_hr, Tensor? lengths, bool reverse, str impl, bool save, bool variant, "
-    "Tensor? peep, Tensor? g_ih, Tensor? g_hh, Tensor? g_c, Tensor? b_c, bool coupled, "
-    "float? cell_clip, Tensor? h_mask, Tensor? zc, float? zc_p, Tensor? zh, float? zh_p"
+    "Tensor? w_hr, Tensor? lengths, bool reverse, str impl, bool save, bool cells, "
+    "bool variant, Tensor? peep, Tensor? g_ih, Tensor? g_hh, Tensor? g_c, Tensor? b_c, "
+    "bool coupled, float? cell_clip, Tensor? h_mask, Tensor? zc, float? zc_p, Tensor? zh, "
+    "float? zh_p"
 )
 # A tuple, not a Tensor[]: autograd sees each output on its own (out, h_n, c_n differentiable).
-_SCHEMA = f"({_ARGS}) -> ({', '.join(['Tensor'] * (3 + len(SAVED)))})"
+_SCHEMA = f"({_ARGS}) -> ({', '.join(['Tensor'] * (4 + len(SAVED)))})"
 
 
 @torch.library.custom_op("lstmkit::lstm_layer", mutates_args=(), schema=_SCHEMA)
@@ -102,6 +103,7 @@ def lstm_layer(
     reverse: bool,
     impl: str,
     save: bool,
+    cells: bool,
     variant: bool,
     peep: Tensor | None,
     g_ih: Tensor | None,
@@ -121,15 +123,18 @@ def lstm_layer(
         variant, peep, g_ih, g_hh, g_c, b_c, coupled, cell_clip, h_mask, zc, zc_p, zh, zh_p
     )
     if not save:
-        out, h_n, c_n = _bptt.forward_no_grad(
+        infer = _bptt.forward_cells_no_grad if cells else _bptt.forward_no_grad
+        out, h_n, c_n, *cs = infer(
             loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex
         )
         if out.storage_offset() != 0:  # a view into the state buffer: start it at 0, as
             out = out.clone()  # the fake implementation's output does
-        return (out, h_n, c_n, *(x.new_empty(0) for _ in SAVED))
+        cs = cs[0] if cells else x.new_empty(0)
+        return (out, h_n, c_n, cs, *(x.new_empty(0) for _ in SAVED))
     out, h_n, c_n, state = _bptt.forward_train(
         loops, x.contiguous(), h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex
     )
+    cs = _bptt.cell_states(state[2], state[5], reverse) if cells else x.new_empty(0)
     state += (None,) * (len(_bptt.STATE) - len(state))  # the plain LSTM's: no variant aux
     if state[5] is not None:
         # The native loops skip dead steps, leaving those rows of the per-step buffers
@@ -140,15 +145,16 @@ def lstm_layer(
             if t is not None and k in _PER_STEP:
                 t[dead] = 0
     kept = (t for k, t in zip(_bptt.STATE, state, strict=True) if k != "mask")
-    return (out, h_n, c_n, *(x.new_empty(0) if t is None else t for t in kept))
+    return (out, h_n, c_n, cs, *(x.new_empty(0) if t is None else t for t in kept))
 
 
 @lstm_layer.register_fake
-def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, impl, save, variant, peep,
-      g_ih, g_hh, g_c, b_c, coupled, cell_clip, h_mask, zc, zc_p, zh, zh_p):  # fmt: skip
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, impl, save, cells, variant,
+      peep, g_ih, g_hh, g_c, b_c, coupled, cell_clip, h_mask, zc, zc_p, zh, zh_p):  # fmt: skip
     T, B = x.size(0), x.size(1)
     P, H = h0.size(1), c0.size(1)
     outs = [x.new_empty(T, B, P), x.new_empty(B, P), x.new_empty(B, H)]
+    outs.append(x.new_empty(T, B, H) if cells else x.new_empty(0))
     shapes = _saved_shapes(x, h0, c0, w_hr, g_ih, zc, zc_p, T, B)
     return (
         *outs,
@@ -164,6 +170,7 @@ def lstm_layer_backward(
     dout: Tensor | None,
     dh_n: Tensor | None,
     dc_n: Tensor | None,
+    dcs: Tensor | None,
     x: Tensor,
     h0: Tensor,
     w_ih: Tensor,
@@ -200,14 +207,14 @@ def lstm_layer_backward(
     state = (*kept[:5], mask, *kept[5:])  # in _bptt.STATE's order
     grads = _bptt.backward_train(
         loops, x.contiguous(), w_ih, w_hh, w_hr, state, dout, dh_n, dc_n, needs, has_bias,
-        reverse, ex,
+        reverse, ex, dcs,
     )  # fmt: skip
     return [g if n and g is not None else x.new_empty(0) for g, n in zip(grads, needs, strict=True)]
 
 
 @lstm_layer_backward.register_fake
-def _(dout, dh_n, dc_n, x, h0, w_ih, w_hh, w_hr, saved, lengths, reverse, impl, needs, has_bias,
-      variant, peep, g_ih, g_hh, g_c, b_c, *_):  # fmt: skip
+def _(dout, dh_n, dc_n, dcs, x, h0, w_ih, w_hh, w_hr, saved, lengths, reverse, impl, needs,
+      has_bias, variant, peep, g_ih, g_hh, g_c, b_c, *_):  # fmt: skip
     inputs = (x, h0, None, w_ih, w_hh, None, None, w_hr, peep, g_ih, g_hh, g_c, b_c)
     like = dict(zip(GRADS, inputs, strict=True))
     H = w_hh.size(0) // 4
@@ -223,14 +230,15 @@ def _(dout, dh_n, dc_n, x, h0, w_ih, w_hh, w_hr, saved, lengths, reverse, impl, 
 
 
 def _setup_context(ctx, inputs, output):
-    (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, impl, save, *var) = inputs
+    (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, impl, save, cells, *var) = inputs
     if not save:
         return  # inference: the backward below refuses (nothing was kept)
     variant, peep, g_ih, g_hh, g_c, b_c, coupled, cell_clip, h_mask, zc, zc_p, zh, zh_p = var
     ctx.save_for_backward(x, h0, w_ih, w_hh, w_hr, lengths, peep, g_ih, g_hh, g_c, b_c, h_mask,
-                          zc, zh, *output[3:])  # fmt: skip
+                          zc, zh, *output[4:])  # fmt: skip
     ctx.flags = (reverse, impl, b_ih is not None, variant, coupled, cell_clip, zc_p, zh_p)
-    ctx.mark_non_differentiable(*output[3:])
+    ctx.cells = cells
+    ctx.mark_non_differentiable(*output[4:])
 
 
 def _backward(ctx, *grads):
@@ -245,23 +253,26 @@ def _backward(ctx, *grads):
     reverse, impl, has_bias, variant, coupled, cell_clip, zc_p, zh_p = ctx.flags
     var = (variant, peep, g_ih, g_hh, g_c, b_c, coupled, cell_clip, h_mask, zc, zc_p, zh, zh_p)
     dout, dh_n, dc_n = grads[:3]
-    needs = list(ctx.needs_input_grad[:8]) + list(ctx.needs_input_grad[13:18])
+    dcs = grads[3] if ctx.cells else None  # else the empty placeholder's (empty) gradient
+    needs = list(ctx.needs_input_grad[:8]) + list(ctx.needs_input_grad[14:19])
     res = torch.ops.lstmkit.lstm_layer_backward(
-        dout, dh_n, dc_n, x, h0, w_ih, w_hh, w_hr, saved, lengths, reverse, impl, needs,
+        dout, dh_n, dc_n, dcs, x, h0, w_ih, w_hh, w_hr, saved, lengths, reverse, impl, needs,
         has_bias, *var,
     )  # fmt: skip
     res = [g if n else None for g, n in zip(res, needs, strict=True)]
-    # the op's inputs: 8 tensors, lengths, reverse, impl, save, variant, 5 variant tensors,
-    # coupled, cell_clip, h_mask, zc, zc_p, zh, zh_p
-    return (*res[:8], None, None, None, None, None, *res[8:], None, None, None, None, None,
-            None, None)  # fmt: skip
+    # the op's inputs: 8 tensors, lengths, reverse, impl, save, cells, variant, 5 variant
+    # tensors, coupled, cell_clip, h_mask, zc, zc_p, zh, zh_p
+    return (*res[:8], None, None, None, None, None, None, *res[8:], None, None, None, None,
+            None, None, None)  # fmt: skip
 
 
 lstm_layer.register_autograd(_backward, setup_context=_setup_context)
 
 
-def run(impl: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex, save: bool):
-    """A backend ``run`` through ``lstmkit::lstm_layer`` (see :mod:`lstmkit.backends`)."""
+def run(impl: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex, save: bool,
+        cells: bool = False):  # fmt: skip
+    """A backend ``run`` through ``lstmkit::lstm_layer`` (see :mod:`lstmkit.backends`); with
+    ``cells`` a fourth result, every step's cell state (T, B, H)."""
     if ex is None:
         var = [False, None, None, None, None, None, False, None, None, None, None, None, None]
     else:
@@ -271,6 +282,6 @@ def run(impl: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, ex
             zone += [z, None] if isinstance(z, Tensor) else [None, z]
         var = [True, ex.peephole, *ln, ex.coupled, ex.cell_clip, ex.h_mask, *zone]
     res = torch.ops.lstmkit.lstm_layer(
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, impl, save, *var
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, impl, save, cells, *var
     )
-    return res[0], res[1], res[2]
+    return (res[0], res[1], res[2], res[3]) if cells else (res[0], res[1], res[2])

@@ -135,7 +135,7 @@ def forward(xg, h0, c0, w_hh, w_hr, mask, reverse, save, ex):
     return hbuf, c_n, cbuf, tc, r, aux
 
 
-def backward(dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, ex, aux):
+def backward(dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, ex, aux, dcs=None):
     """See ``Loops.backward`` in :mod:`._bptt`."""
     T, B, G = gates.shape
     H = G // 4
@@ -156,6 +156,8 @@ def backward(dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, ex
         mf = None if m is None else m.to(gates.dtype)
         if dout is not None:
             dh = dh + (dout[t] if mf is None else dout[t] * mf)
+        if dcs is not None:
+            dc = dc + dcs[t]  # the gradient of the carried c_t (zero on dead steps)
         i, f, g, o = gates[t].split(H, dim=1)
         c_prev = cbuf[rd]
         c_new = aux["cnew"][t] if "cnew" in aux else cbuf[wr]

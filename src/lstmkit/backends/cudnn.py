@@ -20,6 +20,8 @@ def unsupported(req) -> str | None:
         return f"device {req.device_type} (cudnn runs on CUDA only)"
     if not req.dtype.is_floating_point:
         return f"dtype {req.dtype}"
+    if req.cell_states:
+        return "return_cell_states (cuDNN gives only the last cell state)"
     return lacking(req, frozenset())
 
 

@@ -77,11 +77,12 @@ class _PythonLoops:
 
     @staticmethod
     def backward(
-        dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, ex=None, aux=None
-    ):
+        dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, ex=None, aux=None,
+        dcs=None,
+    ):  # fmt: skip
         if ex is not None:
             return _variant_loops.backward(
-                dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, ex, aux
+                dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, ex, aux, dcs
             )
         T, B, G = gates.shape
         H = G // 4
@@ -104,6 +105,8 @@ class _PythonLoops:
                     dh.add_(dout[t])
                 else:
                     dh.addcmul_(dout[t], mf[t])  # out is constant 0 on dead steps
+            if dcs is not None:
+                dc.add_(dcs[t])  # zero on dead steps (masked by the caller)
             if w_hr is not None:
                 dht[t] = dh if m is None else dh * mf[t]
                 torch.mm(dh, w_hr, out=dr)
@@ -138,13 +141,15 @@ LOOPS = _PythonLoops()
 
 
 def run(
-    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras=None
-):
+    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras=None,
+    cells=False,
+):  # fmt: skip
     """One layer, one direction; see :mod:`lstmkit.backends` for shapes and semantics.
 
-    x (T, B, I), h0 (B, P or H), c0 (B, H) -> out (T, B, P or H), h_n, c_n.
+    x (T, B, I), h0 (B, P or H), c0 (B, H) -> out (T, B, P or H), h_n, c_n (and with
+    ``cells`` every step's c_t (T, B, H)).
     """
     return _bptt.run_with(
         LOOPS, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse,
-        extras,
+        extras, cells,
     )  # fmt: skip

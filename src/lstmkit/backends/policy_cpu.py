@@ -5,7 +5,8 @@ T in 4..1000): ``native`` is never slower than ``fused`` (both share the input a
 GEMMs; native's per-step loop has no Python or dispatcher overhead), and ``fused`` beats
 ``reference`` everywhere (one input GEMM, handwritten BPTT). So the order is native, fused,
 reference, each taken only if it supports the request; native also needs its C++ extension,
-which compiles on first use (and if it cannot, auto says so and uses fused).
+which compiles on first use (and if it cannot, auto says so and uses fused). Deciding never
+builds it: :func:`lstmkit.backends.resolve` does that, only when the choice is about to run.
 
 Where native used to lose to torch.nn.LSTM (oneDNN) it now has its own answers rather than
 another backend: at small batches (B <= 2..16, more the larger H) its step product is a
@@ -32,12 +33,12 @@ def auto_cpu(req) -> tuple[str, str]:
 
     work = "training" if req.needs_grad else "inference"
     if native.unsupported(req) is None:
-        if native.available():
+        if native.failed() is None:  # built, or not tried yet (never built by a query)
             return "native", (
                 f"native: {_size(req)}, {work}; the C++ step loop measured fastest on CPU "
                 "at every size (no per-step Python or dispatch overhead)"
             )
-        fallback = "native could not be compiled; "
+        fallback = f"native could not be built ({native.failed()}); "
     else:
         fallback = f"native does not support {native.unsupported(req)}; "
     if fused.unsupported(req) is None:

@@ -26,6 +26,16 @@ def auto_cuda(req) -> tuple[str, str]:
     from lstmkit.backends import shown, unsupported
 
     why = unsupported("triton", req)
+    if req.cell_states:  # cuDNN returns only the last cell state
+        if why is None:
+            return (
+                "triton",
+                "cuda: return_cell_states (cudnn gives only the last c; triton keeps all)",
+            )
+        return (
+            "fused",
+            f"cuda: return_cell_states (cudnn gives only the last c; triton cannot run {why})",
+        )
     if req.features:  # cuDNN runs only the plain LSTM
         feats = ", ".join(sorted(req.features))
         if why is None:

@@ -20,8 +20,9 @@ def unsupported(req) -> str | None:
 
 
 def run(
-    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras=None
-):
+    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras=None,
+    cells=False,
+):  # fmt: skip
     """One layer, one direction; see :mod:`lstmkit.backends` for shapes and semantics."""
     T = x.size(0)
     if torch.compiler.is_exporting() and isinstance(T, torch.SymInt):
@@ -34,14 +35,18 @@ def run(
     h, c = h0, c0
     alive = None if lengths is None else lengths.to(x.device)
     outs: list[Tensor] = [x.new_empty(0)] * T
+    cs: list[Tensor] = [x.new_empty(0)] * T
     for t in range(T - 1, -1, -1) if reverse else range(T):
         h_new, c_new = lstm_cell(
             x[t], h, c, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, extras, t
         )
         if alive is None:
-            h, c, outs[t] = h_new, c_new, h_new
+            h, c, outs[t], cs[t] = h_new, c_new, h_new, c_new
         else:
             m = (t < alive).unsqueeze(1)  # which sequences still have step t
             h, c = torch.where(m, h_new, h), torch.where(m, c_new, c)
             outs[t] = torch.where(m, h_new, torch.zeros_like(h_new))
+            cs[t] = torch.where(m, c_new, torch.zeros_like(c_new))
+    if cells:
+        return torch.stack(outs), h, c, torch.stack(cs)
     return torch.stack(outs), h, c

@@ -82,6 +82,8 @@ def unsupported(req) -> str | None:
     if missing is None and "layer_norm" in req.features and req.H > LN_MAX_HIDDEN:
         return (f"variant layer_norm at hidden {req.H} (its kernels keep all 4H gate columns of "
                 f"a row in one program: hidden at most {LN_MAX_HIDDEN})")  # fmt: skip
+    if missing is None and req.cell_states and req.needs_grad:
+        return "return_cell_states with gradients (its backward kernel takes no cell gradient)"
     return missing
 
 
@@ -352,6 +354,93 @@ def _backward(gates, w_hh, cs, dout, dgates, dh, dc, lens, reverse, var, dgh, dc
     _launch("lstm_bwd_kernel", B, H, gates, launch, own_all=var.flags["LN"])
 
 
+def forward_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, g_ih, lengths, reverse, ex, store):
+    """One layer, one direction on the kernels: (out, h_n, c_n, saved, var). ``saved`` is
+    what :func:`backward_layer` reads (with ``store``; the kernels then keep every state)."""
+    T, B, I = x.shape
+    H = w_hh.size(1)
+    var = _Variant(ex, T, B, H, x, store)
+    xhat = xrstd = None
+    if g_ih is not None:  # layer norm of the input projection: torch ops over all steps
+        raw = (x.reshape(T * B, I) @ w_ih.t()).view(T, B, 4 * H)
+        shift = None if b_ih is None else b_ih + b_hh
+        gates, xhat, xrstd = _variant_loops.norm_rows(raw, g_ih, shift, True)
+    else:
+        x2 = x.reshape(T * B, I)
+        gates = torch.addmm(b_ih + b_hh, x2, w_ih.t()) if b_ih is not None else x2 @ w_ih.t()
+    gates = gates.reshape(T, B, 4 * H).contiguous()
+    hs = x.new_empty(T + 1, B, H)
+    hs[0] = h0
+    cs = torch.empty(T + 1, B, H, dtype=torch.float32, device=x.device)
+    cs[0] = c0
+    out = x.new_empty(T, B, H)
+    lens = int_lengths(lengths, T, B, x.device)
+    w_hh = w_hh.contiguous()
+    _forward(gates, w_hh, hs, cs, out, lens, reverse, store, var)
+    saved = (x, w_ih, w_hh, gates, hs, cs, lens, xhat, xrstd, g_ih)
+    # c_n is its own tensor even in float32 (.to would return the buffer itself)
+    return out, hs[T].clone(), cs[T].to(x.dtype, copy=True), saved, var
+
+
+def int_lengths(lengths, T: int, B: int, device) -> torch.Tensor:
+    """The kernels' lengths: (B,) int32 on the device (all T when ``lengths`` is None)."""
+    if lengths is None:
+        return torch.full((B,), T, dtype=torch.int32, device=device)
+    return lengths.to(device=device, dtype=torch.int32)
+
+
+def cell_states(cs, lens, reverse: bool, dtype) -> torch.Tensor:
+    """Every step's cell state (T, B, H) in time order, zero past each length, from the
+    kernel's (T+1, B, H) fp32 buffer (processing order: slot s+1 is the state after step s)."""
+    T = cs.size(0) - 1
+    c = cs[1:].flip(0) if reverse else cs[1:]
+    live = torch.arange(T, device=cs.device)[:, None] < lens[None, :]
+    return (c * live[..., None]).to(dtype)
+
+
+def backward_layer(saved, var, reverse, has_bias, need, dout, dh_n, dc_n):
+    """The gradients of (x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, g_ih, g_hh, g_c, b_c) from
+    :func:`forward_layer`'s ``saved``; ``need`` says which (None where not needed); ``var``
+    None: the plain LSTM."""
+    x, w_ih, w_hh, gates, hs, cs, lens, xhat, xrstd, g_ih = saved
+    T, B, I = x.shape
+    H = w_hh.size(1)
+    var = var or _Variant(None, T, B, H, x, True)
+    if dout is None:
+        dout = torch.zeros(T, B, H, dtype=x.dtype, device=x.device)
+    dh = torch.zeros(B, H, dtype=torch.float32, device=x.device)
+    dc = torch.zeros_like(dh)
+    if dh_n is not None:
+        dh += dh_n
+    if dc_n is not None:
+        dc += dc_n
+    dgates = torch.empty(T, B, 4 * H, dtype=x.dtype, device=x.device)
+    ln = var.flags["LN"]
+    dgh = torch.empty_like(dgates) if ln else dgates  # gradient of h @ W_hh^T
+    dcout = torch.empty(T, B, H, dtype=torch.float32, device=x.device) if ln else dh
+    _backward(gates, w_hh, cs, dout.contiguous(), dgates, dh, dc, lens, reverse, var, dgh,
+              dcout)  # fmt: skip
+    # everything that is not the recurrence: large matmuls over all T*B rows at once
+    dg2 = dgates.view(T * B, 4 * H)
+    dxg = dg2  # gradient of x @ W_ih^T
+    dg_ih = None
+    if xhat is not None:
+        dxg, dg_ih = _variant_loops.norm_rows_backward(dgates, g_ih, xhat, xrstd)
+        dxg, dg_ih = dxg.view(T * B, 4 * H), dg_ih if need[8] else None
+    dx = (dxg @ w_ih).view(T, B, I) if need[0] else None
+    dw_ih = dxg.t() @ x.reshape(T * B, I) if need[3] else None
+    dw_hh = None
+    if need[4]:
+        h_prev = hs[:T].flip(0) if reverse else hs[:T]  # h entering step t, time order
+        if var.flags["HMASK"]:
+            h_prev = h_prev * var.hmask  # the gates read h * mask
+        dw_hh = dgh.view(T * B, 4 * H).t() @ h_prev.reshape(T * B, H)
+    db = dg2.float().sum(0).to(x.dtype) if has_bias and (need[5] or need[6]) else None
+    vg = _variant_grads(var, dgates, cs, dcout, reverse, need, x.dtype) if var.any else []
+    vg = vg or [None] * 4
+    return (dx, dh.to(x.dtype), dc.to(x.dtype), dw_ih, dw_hh, db, db, vg[0], dg_ih, *vg[1:])
+
+
 class _LSTMFunction(torch.autograd.Function):
     """One layer, one direction. The variants' parameters (peephole (3H,), layer-norm gains
     g_ih, g_hh (4H,), g_c, b_c (H,)) are inputs, so that they get gradients; ``ex`` carries
@@ -359,80 +448,27 @@ class _LSTMFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, g_ih, g_hh, g_c, b_c, lengths,
-                reverse, ex):  # fmt: skip
-        T, B, I = x.shape
-        H = w_hh.size(1)
-        dtype = x.dtype
+                reverse, ex, cells):  # fmt: skip
         store = any(ctx.needs_input_grad)
-        var = _Variant(ex, T, B, H, x, store)
-        xhat = xrstd = None
-        if g_ih is not None:  # layer norm of the input projection: torch ops over all steps
-            raw = (x.reshape(T * B, I) @ w_ih.t()).view(T, B, 4 * H)
-            shift = None if b_ih is None else b_ih + b_hh
-            gates, xhat, xrstd = _variant_loops.norm_rows(raw, g_ih, shift, True)
-        else:
-            x2 = x.reshape(T * B, I)
-            gates = torch.addmm(b_ih + b_hh, x2, w_ih.t()) if b_ih is not None else x2 @ w_ih.t()
-        gates = gates.reshape(T, B, 4 * H).contiguous()
-        hs = x.new_empty(T + 1, B, H)
-        hs[0] = h0
-        cs = torch.empty(T + 1, B, H, dtype=torch.float32, device=x.device)
-        cs[0] = c0
-        out = x.new_empty(T, B, H)
-        if lengths is None:
-            lens = torch.full((B,), T, dtype=torch.int32, device=x.device)
-        else:
-            lens = lengths.to(device=x.device, dtype=torch.int32)
-        w_hh = w_hh.contiguous()
-        _forward(gates, w_hh, hs, cs, out, lens, reverse, store, var)
+        out, h_n, c_n, saved, var = forward_layer(
+            x, h0, c0, w_ih, w_hh, b_ih, b_hh, g_ih, lengths, reverse, ex, store
+        )
         if store:
-            ctx.save_for_backward(x, w_ih, w_hh, gates, hs, cs, lens, xhat, xrstd, g_ih)
+            ctx.save_for_backward(*saved)
             ctx.var = var
-        ctx.meta = (reverse, b_ih is not None, h0.dtype, c0.dtype)
-        return out, hs[T].clone(), cs[T].to(dtype)
+        ctx.meta = (reverse, b_ih is not None)
+        if cells:
+            return out, h_n, c_n, cell_states(saved[5], saved[6], reverse, x.dtype)
+        return out, h_n, c_n
 
     @staticmethod
-    def backward(ctx, dout, dh_n, dc_n):
-        x, w_ih, w_hh, gates, hs, cs, lens, xhat, xrstd, g_ih = ctx.saved_tensors
-        reverse, has_bias, h_dtype, c_dtype = ctx.meta
-        var = ctx.var
-        T, B, I = x.shape
-        H = w_hh.size(1)
-        if dout is None:
-            dout = torch.zeros(T, B, H, dtype=x.dtype, device=x.device)
-        dh = torch.zeros(B, H, dtype=torch.float32, device=x.device)
-        dc = torch.zeros_like(dh)
-        if dh_n is not None:
-            dh += dh_n
-        if dc_n is not None:
-            dc += dc_n
-        dgates = torch.empty(T, B, 4 * H, dtype=x.dtype, device=x.device)
-        ln = var.flags["LN"]
-        dgh = torch.empty_like(dgates) if ln else dgates  # gradient of h @ W_hh^T
-        dcout = torch.empty(T, B, H, dtype=torch.float32, device=x.device) if ln else dh
-        _backward(gates, w_hh, cs, dout.contiguous(), dgates, dh, dc, lens, reverse, var, dgh,
-                  dcout)  # fmt: skip
-        # everything that is not the recurrence: large matmuls over all T*B rows at once
-        need = ctx.needs_input_grad
-        dg2 = dgates.view(T * B, 4 * H)
-        dxg = dg2  # gradient of x @ W_ih^T
-        dg_ih = None
-        if xhat is not None:
-            dxg, dg_ih = _variant_loops.norm_rows_backward(dgates, g_ih, xhat, xrstd)
-            dxg, dg_ih = dxg.view(T * B, 4 * H), dg_ih if need[8] else None
-        dx = (dxg @ w_ih).view(T, B, I) if need[0] else None
-        dw_ih = dxg.t() @ x.reshape(T * B, I) if need[3] else None
-        dw_hh = None
-        if need[4]:
-            h_prev = hs[:T].flip(0) if reverse else hs[:T]  # h entering step t, time order
-            if var.flags["HMASK"]:
-                h_prev = h_prev * var.hmask  # the gates read h * mask
-            dw_hh = dgh.view(T * B, 4 * H).t() @ h_prev.reshape(T * B, H)
-        db = dg2.float().sum(0).to(x.dtype) if has_bias and (need[5] or need[6]) else None
-        vg = _variant_grads(var, dgates, cs, dcout, reverse, need, x.dtype) if var.any else []
-        vg = vg or [None] * 4
-        return (dx, dh.to(h_dtype), dc.to(c_dtype), dw_ih, dw_hh, db, db, vg[0], dg_ih, *vg[1:],
-                None, None, None)  # fmt: skip
+    def backward(ctx, dout, dh_n, dc_n, dcs=None):
+        if dcs is not None:  # unsupported() refuses cell states with grad: this is a guard
+            raise BackendError("backend 'triton' does not support gradients of the cell states")
+        reverse, has_bias = ctx.meta
+        grads = backward_layer(ctx.saved_tensors, ctx.var, reverse, has_bias,
+                               ctx.needs_input_grad, dout, dh_n, dc_n)  # fmt: skip
+        return (*grads, None, None, None, None)
 
 
 def _variant_grads(var, dgates, cs, dcout, reverse, need, dtype) -> list:
@@ -460,12 +496,14 @@ def _variant_grads(var, dgates, cs, dcout, reverse, need, dtype) -> list:
 
 
 def run(
-    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras=None
-):
+    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras=None,
+    cells=False,
+):  # fmt: skip
     """One layer, one direction; see :mod:`lstmkit.backends` for shapes and semantics.
 
-    x (T, B, I), h0 (B, H), c0 (B, H) -> out (T, B, H), h_n (B, H), c_n (B, H); ``extras``:
-    the variants (:class:`lstmkit.variants.CellExtras`) or None."""
+    x (T, B, I), h0 (B, H), c0 (B, H) -> out (T, B, H), h_n (B, H), c_n (B, H), and with
+    ``cells`` every step's c_t (T, B, H) (forward only: no gradient flows back through it);
+    ``extras``: the variants (:class:`lstmkit.variants.CellExtras`) or None."""
     if weight_hr is not None:
         raise BackendError("backend 'triton' does not support proj_size")
     peep = None if extras is None else extras.peephole
@@ -475,7 +513,18 @@ def run(
             f"backend 'triton' does not support variant layer_norm at hidden "
             f"{weight_hh.size(1)} (at most {LN_MAX_HIDDEN})"
         )
+    if torch.compiler.is_compiling():  # torch.compile / torch.export: one custom op
+        if extras is not None:
+            raise BackendError(
+                "backend 'triton' under torch.compile/torch.export runs the plain LSTM only, "
+                "got variants (they run eager, or on the fused and native backends compiled)"
+            )
+        from lstmkit.backends import _triton_ops
+
+        tensors = (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
+        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+        return _triton_ops.run(*tensors, lengths, bool(reverse), save, cells)
     return _LSTMFunction.apply(
         x.contiguous(), h0.contiguous(), c0.contiguous(), weight_ih, weight_hh,
-        bias_ih, bias_hh, peep, *ln, lengths, bool(reverse), extras,
+        bias_ih, bias_hh, peep, *ln, lengths, bool(reverse), extras, cells,
     )  # fmt: skip

@@ -8,8 +8,11 @@ GEMMs before and after the loop are shared with ``fused`` (see :mod:`lstmkit.bac
 The extension is built with ``torch.utils.cpp_extension.load`` into torch's extension cache
 (``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``) under a name that
 hashes the source, the flags, the torch version and the CPU's feature flags, so an edit or a
-different machine rebuilds instead of loading a stale or illegal binary. Where it cannot be
-built (no compiler, no ninja) the backend runs ``fused`` instead and warns once.
+different machine rebuilds instead of loading a stale or illegal binary. The first build
+prints one line on stderr (it takes ~30 s); ``python -m lstmkit.backends.native`` builds it
+ahead of time (the Makefile's set-up does). Where it cannot be built (no compiler, no ninja)
+asking for ``native`` by name raises :class:`~lstmkit.errors.BackendError`; ``auto`` then
+picks ``fused`` and says why. :func:`pending` answers queries without building.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 
-from lstmkit.backends import _bptt, fused, lacking
+from lstmkit.backends import _bptt, lacking
+from lstmkit.errors import BackendError
 
 _SOURCE = Path(__file__).with_name("lstm_native.cpp")
 _DTYPES = (torch.float32, torch.float64)
@@ -33,7 +37,9 @@ _FEATURES = frozenset(
 )
 
 _ext = None  # the loaded extension module
-_error: str | None = None  # why the build failed, once it has (so we warn and try only once)
+_error: str | None = None  # why the build failed, once it has (so it is tried only once)
+
+NOTICE = "lstmkit: building the native CPU kernel (once, ~30 s)…"
 
 
 def unsupported(req) -> str | None:
@@ -54,56 +60,111 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+# -O3 and fast math that keeps IEEE results; -fopenmp: at::parallel_for is inline and runs
+# serially where _OPENMP is undefined. -march=native: the cache key includes the CPU flags,
+# so the binary never moves machines.
+_FLAGS = ["-O3", "-fno-trapping-math", "-fno-math-errno", "-fopenmp"]
+if platform.machine() in ("x86_64", "AMD64"):
+    _FLAGS.append("-march=native")
+
+
+def _name() -> str:
+    """The extension's name: a hash of everything the binary depends on, so that an edit, a
+    new torch or Python, or another CPU builds afresh instead of loading a stale binary; and
+    of the source's path, so that two checkouts sharing one cache do not rebuild each other's
+    (the build file names the source, and ninja rebuilds when that line changes)."""
+    parts = [_SOURCE.read_text(), str(_SOURCE), *_FLAGS, torch.__version__, sys.version]
+    key = "\n".join([*parts, _cpu_flags()])
+    return "lstmkit_native_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def build_dir() -> Path:
+    """Where the extension is built and cached: ``$TORCH_EXTENSIONS_DIR`` if set, else
+    torch's default extension root (``~/.cache/torch_extensions``), then its name."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    return Path(root) / _name()
+
+
+def is_built() -> bool:
+    """Whether the compiled extension is loaded or waiting in the cache (nothing is built)."""
+    return _ext is not None or (build_dir() / f"{_name()}.so").is_file()
+
+
 def _build():
     """Compile (or load from the cache) the extension; raises if it cannot."""
     from torch.utils import cpp_extension
 
-    source = _SOURCE.read_text()
-    # -march=native: the cache key includes the CPU flags, so the binary never moves machines.
-    # -fopenmp: at::parallel_for is inline and runs serially where _OPENMP is undefined.
-    flags = ["-O3", "-fno-trapping-math", "-fno-math-errno", "-fopenmp"]
-    if platform.machine() in ("x86_64", "AMD64"):
-        flags.append("-march=native")
-    key = "\n".join([source, *flags, torch.__version__, _cpu_flags()])
-    name = "lstmkit_native_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    where = build_dir()
+    if not is_built():  # a compile, not a cache hit: say so, as it takes a while
+        if shutil.which(_compiler()) is None:  # fail before torch's long compiler warning
+            raise RuntimeError(f"no C++ compiler: {_compiler()!r} is not on PATH (set CXX)")
+        print(NOTICE, file=sys.stderr, flush=True)
+    where.mkdir(parents=True, exist_ok=True)
     # ninja may sit beside the interpreter of an unactivated venv; let the build find it.
     path = os.environ.get("PATH", "")
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path])
     try:
         return cpp_extension.load(
-            name=name,
+            name=where.name,
             sources=[str(_SOURCE)],
-            extra_cflags=flags,
+            extra_cflags=_FLAGS,
             extra_ldflags=["-fopenmp"],
+            build_directory=str(where),
             verbose=False,
         )
     finally:
         os.environ["PATH"] = path
 
 
-def load():
-    """The compiled extension, or None where it cannot be built (then it warns, once)."""
+def _compiler() -> str:
+    return os.environ.get("CXX") or "c++"
+
+
+def prepare():
+    """Build (or load from the cache) the extension once and return it; raise
+    :class:`~lstmkit.errors.BackendError` naming the backend and the missing compiler or
+    the build's error where it cannot be built (remembered: later calls raise at once)."""
     global _ext, _error
     if _ext is None and _error is None:
         try:
             _ext = _build()
-        except Exception as e:  # any build failure means: run fused instead, and say so
-            _error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e) else ''}"
-            warnings.warn(
-                f"lstmkit: the native backend could not be compiled ({_error}); "
-                "running the fused backend instead",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        except Exception as e:  # any build failure: the backend cannot run on this machine
+            last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+            _error = f"{type(e).__name__}: {last}"
+    if _ext is None:
+        raise BackendError(
+            f"backend 'native' cannot be built on this machine: it needs a working C++ "
+            f"compiler ({_compiler()}) and ninja, and the build failed ({_error}); "
+            "backend 'auto' runs 'fused' instead"
+        )
     return _ext
 
 
-# Traced code (torch.compile) asks this once, at trace time, and keeps the answer: building
-# the extension is not something to trace.
-@torch.compiler.assume_constant_result
+load = prepare  # the extension, built on first call (the name tests and benchmarks use)
+
+
+def failed() -> str | None:
+    """Why the build failed, if it was tried and did (never builds)."""
+    return _error
+
+
+def pending() -> str | None:
+    """What the first run still has to do (None: nothing); raises BackendError if the build
+    was tried and failed. Never builds: for queries such as ``LSTM.backend_choice``."""
+    if _error is not None:
+        prepare()  # raises the remembered failure
+    return None if is_built() else "not built yet; builds on first use"
+
+
 def available() -> bool:
-    """Whether the C++ extension is (or can be) built; compiles it on first call."""
-    return load() is not None
+    """Whether the extension is built or can be (builds it on first call; never raises)."""
+    try:
+        prepare()
+    except BackendError:
+        return False
+    return True
 
 
 def _contig(t):
@@ -153,13 +214,15 @@ class NativeLoops:
         return tuple(res)
 
     def backward(self, dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, ex=None,
-                 aux=None):  # fmt: skip
+                 aux=None, dcs=None):  # fmt: skip
         dh_n, dc_n, w_hr = _contig(dh_n), _contig(dc_n), _contig(w_hr)
         args = (dout, dh_n, dc_n, gates, cbuf, tc, w_hh.contiguous(), w_hr, mask, reverse)
         if ex is None:
-            return tuple(self.ext.backward(*args))
+            return tuple(self.ext.backward(*args, _contig(dcs)))
         saved = [aux.get(k) for k in _AUX]
-        dG, dht, dh, dc, *grads = self.ext.backward_var(*args, *_variant_args(ex), *saved)
+        dG, dht, dh, dc, *grads = self.ext.backward_var(
+            *args, *_variant_args(ex), *saved, _contig(dcs)
+        )
         names = ("dgh", "dpeep", "dg_hh", "dg_c", "db_c")
         return dG, dht, dh, dc, {k: g for k, g in zip(names, grads, strict=True) if g is not None}
 
@@ -172,27 +235,19 @@ class NativeLoops:
 
 
 def run(
-    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras=None
-):
+    x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras=None,
+    cells=False,
+):  # fmt: skip
     """One layer, one direction; see :mod:`lstmkit.backends` for shapes and semantics.
 
-    x (T, B, I), h0 (B, P or H), c0 (B, H) -> out (T, B, P or H), h_n, c_n.
+    x (T, B, I), h0 (B, P or H), c0 (B, H) -> out (T, B, P or H), h_n, c_n (and with
+    ``cells`` every step's c_t (T, B, H)).
+    Builds the extension on the first eager call (traced code leaves that to the custom op).
     """
-    if not available():
-        return fused.run(
-            x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras
-        )
+    # Traced code needs only the loops' name (the op loads the extension when it runs); not
+    # reading _ext there keeps a guard on it, and a recompile once it is loaded, away.
+    ext = None if torch.compiler.is_compiling() else prepare()
     return _bptt.run_with(
-        NativeLoops(_ext),
-        x,
-        h0,
-        c0,
-        weight_ih,
-        weight_hh,
-        bias_ih,
-        bias_hh,
-        weight_hr,
-        lengths,
-        reverse,
-        extras,
-    )
+        NativeLoops(ext), x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+        lengths, reverse, extras, cells,
+    )  # fmt: skip

@@ -439,7 +439,7 @@ const T* projection_backward(const T* dh, T* dht, const T* w_hr, const Steps& st
 template <typename T>
 void backward_impl(const T* dout, T* dh, T* dc, const T* gates, const T* cbuf, const T* tc,
                    T* dG, T* dht, const T* w_hh, const T* w_hr, const Steps& st, int H, int P,
-                   T* dr_buf, T* dh_buf) {
+                   T* dr_buf, T* dh_buf, const T* dcs) {
   const int B = st.B, G = 4 * H;
   const bool proj = w_hr != nullptr;
   for (int s = st.T - 1; s >= 0; --s) {
@@ -449,6 +449,7 @@ void backward_impl(const T* dout, T* dh, T* dc, const T* gates, const T* cbuf, c
     const T* tct = tc + (int64_t)t * B * H;
     T* dg = dG + (int64_t)t * B * G;
     if (dout) add_output_grad(dout, dh, st, t, n, P);
+    if (dcs) add_output_grad(dcs, dc, st, t, n, H);  // the returned cell states' gradient
     const T* dr = proj ? projection_backward(dh, dht, w_hr, st, t, n, H, P, dr_buf) : dh;
     for (int b = 0; b < B; ++b) {
       if (b < n && st.live(t, b)) {
@@ -502,11 +503,12 @@ std::vector<at::Tensor> forward(at::Tensor xg, at::Tensor h0, at::Tensor c0, at:
 }
 
 // See Loops.backward in _bptt.py. Returns dG (T, B, 4H), dht (T, B, P) or undefined, dh0, dc0.
+// dcs (T, B, H), optional: the gradient of every step's cell state, added to dc at its step.
 std::vector<at::Tensor> backward(c10::optional<at::Tensor> dout, c10::optional<at::Tensor> dh_n,
                                  c10::optional<at::Tensor> dc_n, at::Tensor gates,
                                  at::Tensor cbuf, at::Tensor tc, at::Tensor w_hh,
                                  c10::optional<at::Tensor> w_hr, c10::optional<at::Tensor> mask,
-                                 bool reverse) {
+                                 bool reverse, c10::optional<at::Tensor> dcs) {
   const int T = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, P = w_hh.size(1);
   const auto opt = gates.options();
   at::Tensor dG = at::empty({T, B, 4 * H}, opt);
@@ -522,7 +524,8 @@ std::vector<at::Tensor> backward(c10::optional<at::Tensor> dout, c10::optional<a
                             cbuf.data_ptr<scalar_t>(), tc.data_ptr<scalar_t>(),
                             dG.data_ptr<scalar_t>(), w_hr ? dht.data_ptr<scalar_t>() : nullptr,
                             w_hh.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(w_hr), st, H, P,
-                            dr_buf.data_ptr<scalar_t>(), dh_buf.data_ptr<scalar_t>());
+                            dr_buf.data_ptr<scalar_t>(), dh_buf.data_ptr<scalar_t>(),
+                            ptr_or_null<scalar_t>(dcs));
   });
   return {dG, dht, dh, dc};
 }
@@ -835,7 +838,7 @@ template <typename T>
 void backward_var_impl(const T* dout, T* dh, T* dc, const T* gates, const T* cbuf, const T* tc,
                        T* dG, T* dht, const T* w_hh, const T* w_hr, const Steps& st, int H,
                        int P, T* dr_buf, T* dh_buf, const Var<T>& v, const VarBufs<T>& vb,
-                       const VarGrads<T>& vg) {
+                       const VarGrads<T>& vg, const T* dcs) {
   const int B = st.B, G = 4 * H;
   const bool proj = w_hr != nullptr;
   for (int s = st.T - 1; s >= 0; --s) {
@@ -847,6 +850,7 @@ void backward_var_impl(const T* dout, T* dh, T* dc, const T* gates, const T* cbu
     T* dg = dG + (int64_t)t * B * G;
     T* dgh = v.ln() ? vg.dgh + (int64_t)t * B * G : dg;
     if (dout) add_output_grad(dout, dh, st, t, n, P);
+    if (dcs) add_output_grad(dcs, dc, st, t, n, H);  // the returned cell states' gradient
     // dh_new = dh (1 - z_h): the gradient reaching this step's fresh h.
     const T* dhn = dh;
     if (v.zone_h()) {
@@ -984,7 +988,8 @@ std::vector<at::Tensor> backward_var(
     c10::optional<at::Tensor> h_mask, c10::optional<at::Tensor> zc, double zc_s,
     c10::optional<at::Tensor> zh, double zh_s, c10::optional<at::Tensor> cnew,
     c10::optional<at::Tensor> ghat, c10::optional<at::Tensor> grstd,
-    c10::optional<at::Tensor> chat, c10::optional<at::Tensor> crstd) {
+    c10::optional<at::Tensor> chat, c10::optional<at::Tensor> crstd,
+    c10::optional<at::Tensor> dcs) {
   const int T = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, P = w_hh.size(1);
   const auto opt = gates.options();
   const bool ln = g_hh.has_value() && g_hh->defined();
@@ -1024,7 +1029,8 @@ std::vector<at::Tensor> backward_var(
                          gates.data_ptr<S>(), cbuf.data_ptr<S>(), tc.data_ptr<S>(),
                          dG.data_ptr<S>(), w_hr ? dht.data_ptr<S>() : nullptr,
                          w_hh.data_ptr<S>(), ptr_or_null<S>(w_hr), st, H, P,
-                         dr_buf.data_ptr<S>(), dh_buf.data_ptr<S>(), v, vb, vg);
+                         dr_buf.data_ptr<S>(), dh_buf.data_ptr<S>(), v, vb, vg,
+                         ptr_or_null<S>(dcs));
   });
   return {dG, dht, dh, dc, dgh, dpeep, dg_hh, dg_c, db_c};
 }
