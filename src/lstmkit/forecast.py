@@ -10,6 +10,7 @@ import torch
 
 from lstmkit.checkpoint import Run, write_json
 from lstmkit.errors import DataError
+from lstmkit.multistep import is_direct, paths, validation_forecasts
 
 INTERVALS = "intervals.json"
 
@@ -66,6 +67,10 @@ def forecast(run: Run, values, horizon: int) -> list[float]:
         raise DataError(f"horizon must be an integer >= 1, got {horizon!r}")
     x = _context(run, values)
     _need_defined(run, x.size(1), "forecast")
+    if is_direct(run):  # H steps at once from the last window
+        return paths(run.model, run.scaler, x, horizon, run.config.data.length, direct=True)[
+            0
+        ].tolist()
     return recursive(run.model, run.scaler, x, horizon, run.config.data.length)[0].tolist()
 
 
@@ -86,7 +91,7 @@ def calibrate(model, scaler, fv: dict, window: int) -> dict:
     """Residuals of the model's recursive forecasts from every validation origin, each
     divided by sqrt(h) (h: steps ahead), sorted: what :func:`intervals` widens by."""
     target = fv["target"]
-    pred = recursive(model, scaler, fv["context"], target.size(1), window)
+    pred = validation_forecasts(model, scaler, fv, window)
     h = torch.arange(1, target.size(1) + 1, dtype=torch.float64).sqrt()
     z = ((pred.double() - target.double()).abs() / h)[torch.isfinite(target)]
     return {
