@@ -157,12 +157,28 @@ class Backtest:
         return "\n".join(lines + self.verdicts())
 
 
-def _series(run: Run):
+def _series(run: Run, cfg):
+    """The run's series as read for ``cfg`` (resolved), with its covariate columns, cut to
+    csv.rows."""
     from lstmkit.data import csv
 
-    c = run.config.csv
-    s = csv.read(c.file, run.task["meta"]["column"], run.task["meta"]["date_column"], c.fill)
-    return s.values[: c.rows] if c.rows else s.values
+    c, sp, meta = cfg.csv, csv.spec(cfg), run.task["meta"]
+    s = csv.read(c.file, meta["column"], meta["date_column"], c.fill, sp.columns, sp.future)
+    if c.rows:
+        s.values = s.values[: c.rows]
+        s.covariates = {k: v[: c.rows] for k, v in s.covariates.items()}
+    return s
+
+
+def _forecast(run: Run, series, origin: int, H: int) -> np.ndarray:
+    """The run's H-step forecast from ``origin``: from the values alone, or from the input
+    rows of the series and its covariates."""
+    from lstmkit.forecast import forecast
+    from lstmkit.multistep import series_forecasts, uses_rows
+
+    if uses_rows(run):
+        return series_forecasts(run, series, H, [origin])[0].numpy()
+    return np.asarray(forecast(run, series.values[:origin], H))
 
 
 def backtest(
@@ -174,7 +190,7 @@ def backtest(
     classical: bool = True,
 ) -> Backtest:
     """Rolling-origin evaluation of ``run`` (a csv run); see the module docstring."""
-    from lstmkit.forecast import forecast, intervals
+    from lstmkit.forecast import intervals
 
     cfg = tasks.resolve(run.config)
     if cfg.data.task != "csv":
@@ -185,7 +201,8 @@ def backtest(
     step = H if step is None else step
     if step < 1:
         raise ConfigError(f"--step must be an integer >= 1, got {step!r}")
-    values = _series(run)
+    series = _series(run, cfg)
+    values = series.values
     n = len(values)
     origins = [n - H - (windows - 1 - k) * step for k in range(windows)]
     need = max(L, p) + 1 + (H if refit else 0)  # a refit validates on the H before
@@ -201,7 +218,7 @@ def backtest(
         history, truth = values[:o], values[o : o + H]
         with tempfile.TemporaryDirectory(prefix="lstmkit-backtest-") as tmp:
             model_run = _refit(cfg, o, tmp) if refit else run
-            preds = {"LSTM": np.asarray(forecast(model_run, history, H))}
+            preds = {"LSTM": _forecast(model_run, series, o, H)}
             bands = {lv: intervals(model_run, preds["LSTM"], lv) for lv in levels}
         preds.update(naive_forecasts(history, H, p))
         if classical:

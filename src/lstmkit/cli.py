@@ -151,6 +151,7 @@ def _print_inferred(run_dir) -> None:
 def cmd_predict(args) -> int:
     from lstmkit.checkpoint import load_run
     from lstmkit.forecast import forecast, predict_steps
+    from lstmkit.multistep import uses_rows
 
     if args.stream:
         return _stream(args)
@@ -160,6 +161,8 @@ def cmd_predict(args) -> int:
         run = load_onnx_run(args.onnx)
     else:
         run = load_run(args.run)
+    if uses_rows(run):  # covariates: the context is a CSV file, not values
+        return _predict_rows(run, args)
     values = _numbers(args.values)
     dates = None
     if args.csv is not None or (not values and run.config.data.task == "csv"):
@@ -176,6 +179,30 @@ def cmd_predict(args) -> int:
     print(
         json.dumps(pred) if args.json else " ".join("-" if v is None else f"{v:.2f}" for v in pred)
     )
+    return 0
+
+
+def _predict_rows(run, args) -> int:
+    """predict for a run with covariates: the context, its covariates and the horizon's
+    future rows from --csv FILE (default: the run's training file)."""
+    from lstmkit.data import csv
+    from lstmkit.multistep import series_forecasts
+
+    if args.values:
+        raise DataError(
+            "this run reads covariates besides its series: give the context as --csv FILE "
+            "(the run's columns, and rows after the last value holding its future features)"
+        )
+    c, meta = run.config.csv, run.task["meta"]
+    sp = csv.spec(run.config)
+    s = csv.read(
+        args.csv or c.file, meta["column"], meta["date_column"], c.fill, sp.columns, sp.future
+    )
+    horizon = args.horizon or c.horizon
+    pred = series_forecasts(run, s, horizon)[0].tolist()
+    if args.level or args.out:
+        return _forecast_out(run, pred, args, s.dates)
+    print(json.dumps(pred) if args.json else " ".join(f"{v:.2f}" for v in pred))
     return 0
 
 

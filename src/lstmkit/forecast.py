@@ -52,7 +52,7 @@ def predict_steps(run: Run, values) -> list[float | None]:
     x = _context(run, values)
     _need_defined(run, x.size(1), "predict")
     xs, _ = run.scaler.encode(x)
-    pred = run.scaler.decode(run.model(xs), x).view(-1).tolist()
+    pred = run.scaler.decode(run.model(xs)[..., :1], x).view(-1).tolist()  # direct: 1 ahead
     ok = run.scaler.defined(x.size(1)).tolist()
     return [v if good else None for v, good in zip(pred, ok, strict=True)]
 

@@ -91,7 +91,7 @@ def series_forecasts(run, series, horizon: int, origins: list[int] | None = None
         )
     frame = cov.frame(series, sp, n, horizon)
     if max(origins) == n:
-        cov.need_future(frame, sp, horizon, "the context CSV")
+        cov.need_future(frame, sp, max(horizon, sp.steps), "the context CSV")
     X = cov.step_rows(frame, sp.steps, extra=horizon)
     ctx = torch.stack([X[o - L : o] for o in origins])
     known = torch.stack([X[o : o + horizon - 1] for o in origins])

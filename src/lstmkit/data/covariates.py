@@ -187,11 +187,12 @@ def step_rows(frame: Frame, steps: int, extra: int = 0) -> Tensor:
 
 def need_future(frame: Frame, spec_: Spec, horizon: int, where: str) -> None:
     """DataError unless the frame holds the known-in-advance values of ``horizon`` steps
-    after its last value (future features only: dates are generated)."""
+    after its last value (future features only: dates are generated; a direct run reads
+    all the steps it forecasts at once, whatever is asked)."""
     have = frame.known.size(0) - len(frame)
     if spec_.future and have < horizon:
         raise DataError(
             f"{where}: the future features {', '.join(spec_.future)} are needed for the "
-            f"{horizon} forecast steps, in rows after the last value (their "
+            f"{horizon} steps this run forecasts, in rows after the last value (their "
             f"target cells blank); found {have} such row(s)"
         )
