@@ -161,7 +161,7 @@ def cmd_predict(args) -> int:
         run = load_onnx_run(args.onnx)
     else:
         run = load_run(args.run)
-    if uses_rows(run):  # covariates: the context is a CSV file, not values
+    if uses_rows(run):  # covariates or many series: the context is a CSV file
         return _predict_rows(run, args)
     values = _numbers(args.values)
     dates = None
@@ -183,27 +183,77 @@ def cmd_predict(args) -> int:
 
 
 def _predict_rows(run, args) -> int:
-    """predict for a run with covariates: the context, its covariates and the horizon's
-    future rows from --csv FILE (default: the run's training file)."""
-    from lstmkit.data import csv
-    from lstmkit.multistep import series_forecasts
+    """predict for a run with covariates or many series: the context, its covariates and
+    the horizon's future rows from --csv FILE (default: the run's training file); --id
+    picks one series of a many-series run (default: every one)."""
+    from lstmkit.multistep import context_series, series_forecasts
 
     if args.values:
         raise DataError(
-            "this run reads covariates besides its series: give the context as --csv FILE "
+            "this run reads covariates or many series: give the context as --csv FILE "
             "(the run's columns, and rows after the last value holding its future features)"
         )
-    c, meta = run.config.csv, run.task["meta"]
-    sp = csv.spec(run.config)
-    s = csv.read(
-        args.csv or c.file, meta["column"], meta["date_column"], c.fill, sp.columns, sp.future
-    )
-    horizon = args.horizon or c.horizon
-    pred = series_forecasts(run, s, horizon)[0].tolist()
-    if args.level or args.out:
-        return _forecast_out(run, pred, args, s.dates)
-    print(json.dumps(pred) if args.json else " ".join(f"{v:.2f}" for v in pred))
+    c = run.config.csv
+    scales = run.task["meta"].get("series_scale") or {"": 1.0}
+    if args.id is not None and args.id not in scales:
+        raise DataError(f"--id {args.id!r} is not a series of this run (ids: {', '.join(scales)})")
+    horizon, rows = args.horizon or c.horizon, []
+    for key in list(scales) if args.id is None else [args.id]:
+        s, f = context_series(run, args.csv or c.file, key)
+        fc = series_forecasts(run, s, horizon)[0]
+        rows.append((key, s.dates, fc.double() * f, f, fc.tolist()))
+    if not c.id_column:
+        key, dates, fc, _, _ = rows[0]
+        if args.level or args.out:
+            return _forecast_out(run, fc.tolist(), args, dates)
+        print(json.dumps(fc.tolist()) if args.json else " ".join(f"{v:.2f}" for v in fc))
+        return 0
+    return _panel_out(run, rows, args)
+
+
+def _panel_out(run, rows, args) -> int:
+    """Forecasts of many series as rows: id, date, forecast[, lo_L, hi_L ...] (printed,
+    --json, or written to --out)."""
+    from lstmkit.checkpoint import atomic_write
+    from lstmkit.forecast import intervals
+
+    table = {"id": [], "date": [], "forecast": []}
+    for lv in args.level or []:
+        table[f"lo_{lv:g}"], table[f"hi_{lv:g}"] = [], []
+    for key, dates, fc, f, relative in rows:
+        table["id"] += [key] * len(fc)
+        table["date"] += _dates_after(run, dates, len(fc))
+        table["forecast"] += fc.tolist()
+        for lv in args.level or []:
+            lo, hi = intervals(run, relative, lv)
+            table[f"lo_{lv:g}"] += (lo * f).tolist()
+            table[f"hi_{lv:g}"] += (hi * f).tolist()
+    text = [",".join(table)] + [
+        ",".join(str(v) if isinstance(v, str) else f"{v:.6g}" for v in row)
+        for row in zip(*table.values(), strict=True)
+    ]
+    if args.out:
+        if not Path(args.out).parent.is_dir():
+            raise DataError(f"--out {args.out}: folder {Path(args.out).parent} does not exist")
+        atomic_write(Path(args.out), ("\n".join(text) + "\n").encode())
+        print(f"{len(table['id'])} forecasts of {len(rows)} series -> {args.out}")
+    elif args.json:
+        print(json.dumps(table))
+    else:
+        print("\n".join(text))
     return 0
+
+
+def _dates_after(run, dates, k: int) -> list[str]:
+    """The ``k`` dates after the context's last (steps 1..k without dates)."""
+    from lstmkit import timeseries as ts
+
+    meta = run.task.get("meta", {})
+    step_s, freq = meta.get("step_s"), meta.get("inferred", {}).get("frequency")
+    if not (dates and step_s):
+        return [str(i) for i in range(1, k + 1)]
+    last = ts.parse_date(dates[-1], "the context's last date")
+    return [ts.format_like(ts.add_steps(last, freq, step_s, i), dates[-1]) for i in range(1, k + 1)]
 
 
 def _stream(args) -> int:
@@ -362,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr.add_argument("--level", type=float, nargs="+", help="prediction intervals, e.g. 80 95")
     pr.add_argument("--out", metavar="FILE.csv", help="write dated rows: date, forecast[, lo, hi]")
+    pr.add_argument("--id", help="the series to forecast of a many-series run (default: all)")
     pr.set_defaults(func=cmd_predict)
 
     ex = sub.add_parser("export", help="write a run's model for inference outside lstmkit")

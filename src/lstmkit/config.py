@@ -139,6 +139,8 @@ class CsvConfig:
     # multi-step forecasts: recursive (one step fed back) | direct (H steps at once);
     # auto: direct when past-only features are given (their future is unknown), else recursive
     strategy: str = opt("auto", choices=("auto", "recursive", "direct"))
+    # many series in one long-format file: the column naming each row's series ("" = one)
+    id_column: str = opt("")
 
 
 @dataclass

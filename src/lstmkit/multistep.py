@@ -68,9 +68,10 @@ def is_direct(run) -> bool:
 
 
 def uses_rows(run) -> bool:
-    """A csv run whose inputs hold more than its series (covariates): its forecasts need
-    the file's other columns, not values alone."""
-    return run.config.data.task == "csv" and run.task["input_size"] > 1
+    """A csv run whose inputs hold more than its series (covariates), or of many series:
+    its forecasts need the file's other columns, not values alone."""
+    c = run.config.csv
+    return run.config.data.task == "csv" and (run.task["input_size"] > 1 or bool(c.id_column))
 
 
 def series_forecasts(run, series, horizon: int, origins: list[int] | None = None) -> Tensor:
@@ -96,3 +97,20 @@ def series_forecasts(run, series, horizon: int, origins: list[int] | None = None
     ctx = torch.stack([X[o - L : o] for o in origins])
     known = torch.stack([X[o : o + horizon - 1] for o in origins])
     return paths(run.model, run.scaler, ctx, horizon, L, known, direct=sp.steps > 1)
+
+
+def context_series(run, path: str, key: str = ""):
+    """(series, scale): csv run ``run``'s series ``key`` ("" for a one-series run) in CSV file
+    ``path`` with its covariate columns, divided by its scale (a many-series run's
+    per-series scale; 1 otherwise)."""
+    from lstmkit.data import csv
+    from lstmkit.data.panel import normalized
+
+    c, meta = run.config.csv, run.task["meta"]
+    sp = csv.spec(run.config)
+    only = (c.id_column, key) if c.id_column else None
+    raw, name = csv._source(path)
+    cols = (meta["column"], meta["date_column"], c.fill, sp.columns, sp.future, only)
+    s = csv.load(raw, name, *cols)
+    f = float(meta.get("series_scale", {}).get(key, 1.0))
+    return (normalized(s, f) if f != 1.0 else s), f

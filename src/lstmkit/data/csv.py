@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 
 import torch
 
@@ -82,19 +83,30 @@ def infer(cfg: RunConfig) -> None:
     sp = cov.spec(c, False, 1, _date_column(c))  # names checked before anything is written
     if None not in (d.period, d.length, c.horizon) and d.scaling != "auto":
         return
-    s = read(c.file, c.column, _date_column(c), c.fill, sp.columns, sp.future)
-    values = s.values[: c.rows] if c.rows else s.values
     S = DEFAULTS["csv.test_size"] if c.test_size is None else c.test_size
-    fit = values[: max(_fit_part(len(values), S), 2)]
+    if c.id_column:  # many series: each choice is the one most series make
+        from lstmkit.data import panel
+
+        raw, name = _source(c.file)
+        fits, freq = panel.infer_choices(cfg, raw, name, sp, _date_column(c))
+    else:
+        s = read(c.file, c.column, _date_column(c), c.fill, sp.columns, sp.future)
+        values = s.values[: c.rows] if c.rows else s.values
+        fits, freq = [values[: max(_fit_part(len(values), S), 2)]], s.freq
     if d.period is None:
-        d.period = ts.choose_period(fit, s.freq)[0]
+        d.period = _vote(fits, lambda f: ts.choose_period(f, freq)[0])
     p = d.period
     if c.horizon is None:
         c.horizon = S if S else (p if p > 1 else 8)
     if d.length is None:
-        d.length = max(min(max(24, 2 * p), len(fit) // 2), p + 2)
+        d.length = max(min(max(24, 2 * p), min(map(len, fits)) // 2), p + 2)
     if d.scaling == "auto":
-        d.scaling = ts.choose_scaling(fit, p, c.horizon, d.length)[0]
+        d.scaling = _vote(fits, lambda f: ts.choose_scaling(f, p, c.horizon, d.length)[0])
+
+
+def _vote(fits: list[list[float]], pick):
+    """The choice ``pick(values)`` makes for most series (ties: the first's)."""
+    return Counter(pick(f) for f in fits).most_common(1)[0][0]
 
 
 def _inferred(cfg: RunConfig, series: Series, fit: list[float]) -> dict:
@@ -127,6 +139,8 @@ def describe(meta: dict) -> str:
             f"{i['irregular_spacings']} irregular spacings)"
         )
     filled = f"; {i['filled']}" if i["filled"] else ""
+    if i.get("series"):
+        dates += f", {i['series']} series (period and scaling: most series' choice)"
     return (
         f"series: {dates}{filled}; period {i['period']} ({i['period_reason']}); scaling "
         f"{i['scaling']} ({i['scaling_reason']}); horizon {meta['horizon']}"
@@ -151,12 +165,36 @@ def make(cfg: RunConfig, seed: int) -> TaskData:
     c = cfg.csv
     raw, name = _source(c.file)
     sp = spec(cfg)
+    if c.id_column:
+        from lstmkit.data import panel
+
+        return panel.make(cfg, sp, raw, name)
     series = read_run(cfg, raw, name)
-    values, column = series.values, series.column
+    values = series.values
     if c.rows:
         values = values[: c.rows]
-    L, S, H = cfg.data.length, c.test_size, c.horizon
     n = len(values)
+    parts = series_parts(cfg, sp, series, n, name)
+    default = "seasonal" if cfg.data.period > 1 else "diff"
+    meta = _meta(cfg, raw, series, n, parts["fv"]["scale"])
+    meta["inferred"] = _inferred(cfg, series, values[: parts["n_train"]])
+    return TaskData(
+        parts["train"],
+        parts["val"],
+        parts["test"],
+        sp.input_size,
+        sp.steps,
+        default_scaling=default,
+        forecast_val=parts["fv"],
+        meta=meta,
+    )
+
+
+def series_parts(cfg: RunConfig, sp: cov.Spec, series: Series, n: int, name: str) -> dict:
+    """The splits of the first ``n`` values of one series (module docstring): train, val,
+    test (Split), fv (forecast_val) and n_train."""
+    c, column = cfg.csv, series.column
+    L, S, H = cfg.data.length, c.test_size, c.horizon
     n_train = _fit_part(n, S)
     V = S if S else H  # validation values (in-sample, the last H, when nothing is held out)
     if S and H > S:
@@ -187,20 +225,8 @@ def make(cfg: RunConfig, seed: int) -> TaskData:
     test = Split(seq[None, :-1, None], seq[None, 1:, None], test_mask)
     # every validation value is an origin; each forecasts H steps, scored (and its residuals
     # calibrating prediction intervals) only up to the end of the validation part
-    forecast_val = _forecast_val(cfg, sp, X, v, origins, v0 + V, n_train)
-    default = "seasonal" if cfg.data.period > 1 else "diff"
-    meta = _meta(cfg, raw, series, n, forecast_val["scale"])
-    meta["inferred"] = _inferred(cfg, series, values[:n_train])
-    return TaskData(
-        train,
-        val,
-        test,
-        sp.input_size,
-        sp.steps,
-        default_scaling=default,
-        forecast_val=forecast_val,
-        meta=meta,
-    )
+    fv = _forecast_val(cfg, sp, X, v, origins, v0 + V, n_train)
+    return {"train": train, "val": val, "test": test, "fv": fv, "n_train": n_train}
 
 
 def _forecast_val(cfg, sp: cov.Spec, X, v, origins, end: int, n_train: int) -> dict:
@@ -280,6 +306,11 @@ class Csv(BaseTask):
 
 def place(td: TaskData, forecast: torch.Tensor) -> torch.Tensor:
     """A (1, T, 1) prediction tensor holding ``forecast`` (S,) at the test steps."""
+    if td.test.mask.size(0) > 1:  # evaluate forecasts one series
+        raise DataError(
+            f"this run holds {td.test.mask.size(0)} series (--id-column); score each and "
+            "all of them with `lstmkit backtest --run DIR`"
+        )
     pred = torch.full_like(td.test.y, float("nan"))
     pred[td.test.mask] = forecast.to(pred.dtype)[:, None]
     return pred

@@ -66,13 +66,19 @@ def load(
     fill: str = "none",
     extra: tuple[str, ...] = (),
     future: tuple[str, ...] = (),
+    only: tuple[str, str] | None = None,
 ) -> Series:
     """The series in column ``column`` of CSV text ``raw``, with covariate columns ``extra``
-    (``future``: those known in advance, see the module docstring). A blank or NA cell, or
-    a timestamp missing between two dates, is a DataError naming the line unless ``fill``
-    is ffill, interpolate (missing timestamps are inserted) or drop. Every way a file can be
+    (``future``: those known in advance, see the module docstring); ``only`` (id column,
+    id): the rows of one series of a long-format file. A blank or NA cell, or a timestamp
+    missing between two dates, is a DataError naming the line unless ``fill`` is ffill,
+    interpolate (missing timestamps are inserted) or drop. Every way a file can be
     unusable raises DataError naming the expected and the actual."""
-    header, body, column = _open(raw, name, column, date_column, extra)
+    header, body, column = _open(
+        raw, name, column, date_column, extra + only[:1] if only else extra
+    )
+    if only:
+        body = _only(body, header.index(only[0]), only[1])
     names = [column, *extra]
     idx = [header.index(c) for c in names]
     dcol = header.index(date_column) if date_column else -1
@@ -110,6 +116,30 @@ def load(
     if not s.values:
         raise DataError(f"CSV file {name}: column {column!r} holds no values")
     return s
+
+
+def _only(body, i: int, wanted: str):
+    for line, row in body:
+        if (row[i].strip() if i < len(row) else "") == wanted:
+            yield line, row
+
+
+MAX_SERIES = 10_000
+
+
+def series_ids(raw: bytes, name: str, id_column: str) -> list[str]:
+    """The ids of a long-format file's series, in the order they first appear."""
+    header, body, _ = _open(raw, name, id_column, "", ())
+    i = header.index(id_column)
+    seen: dict[str, None] = {}
+    for line, row in body:
+        key = row[i].strip() if i < len(row) else ""
+        if not key:
+            raise DataError(f"CSV file {name}, line {line}: blank id in column {id_column!r}")
+        seen[key] = None
+        if len(seen) > MAX_SERIES:
+            raise DataError(f"CSV file {name}: more than {MAX_SERIES} series in {id_column!r}")
+    return list(seen)
 
 
 def _open(raw: bytes, name: str, column: str, date_column: str, extra):
