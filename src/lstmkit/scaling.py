@@ -2,7 +2,7 @@
 
 All work on univariate series, x (N, T, 1) and y (N, T, 1):
 
-- ``none``: values as they are.
+- ``none``: values as they are (covariates too).
 - ``standard``: (v - mean) / std with the training split's mean and std.
 - ``offset``: (v - v_0) / scale, where v_0 is each window's first input value and scale the
   training split's std of those offsets. The model sees only shapes, never levels.
@@ -60,6 +60,8 @@ class Scaler:
         """Fit on the training inputs x (N, T, 1); ``allow_log=False`` keeps a seasonal
         scaler additive (the ``drift`` scaling: a constant mean step). Covariate columns
         (x (N, T, 1 + K)) are standardised whatever the kind."""
+        if self.kind == "none":  # token and multi-input tasks too: nothing to learn
+            return self
         if x.size(-1) > 1:
             self._fit_columns(x[..., 1:])
             x = x[..., :1]
@@ -150,6 +152,8 @@ class Scaler:
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Scaled (x, y); y may be None. x (N, T, 1 + K), y (N, T', H)."""
+        if self.kind == "none":  # as they are: tokens, several inputs, covariates alike
+            return x, y
         zx, zy = self._encode_series(x[..., :1], y)
         if x.size(-1) > 1:
             zx = torch.cat([zx, self._covariates(x[..., 1:])], dim=-1)
@@ -177,9 +181,9 @@ class Scaler:
 
     def decode(self, pred: Tensor, x: Tensor) -> Tensor:
         """Predictions (N, T', H) in the data's units, given the raw inputs x they came from."""
-        x = x[..., :1]
         if self.kind == "none":
             return pred
+        x = x[..., :1]
         if self.kind == "seasonal":
             H = pred.size(-1)
             ref = self._reference(self._level(x), H)[:, -pred.size(1) :]
