@@ -259,6 +259,7 @@ def _dates_after(run, dates, k: int) -> list[str]:
 def _stream(args) -> int:
     """predict --stream: one value per stdin line, its prediction printed at once."""
     from lstmkit.checkpoint import load_run
+    from lstmkit.multistep import is_direct
     from lstmkit.streaming import Stream
 
     for flag, given in (("VALUES", args.values), ("--horizon", args.horizon is not None)):
@@ -267,7 +268,13 @@ def _stream(args) -> int:
     for flag, given in (("--csv", args.csv), ("--onnx", args.onnx)):
         if given:
             raise LstmkitError(f"--stream runs a run directory (--run); got {flag} as well")
-    stream = Stream(load_run(args.run))
+    run = load_run(args.run)
+    if is_direct(run):
+        raise DataError(
+            "--stream predicts one step after each value; this run forecasts "
+            f"{run.task['output_size']} steps at once (--strategy direct): use --horizon"
+        )
+    stream = Stream(run)
     for line in iter(sys.stdin.readline, ""):
         if line.strip():
             p = stream.push(_numbers([line.strip()])[0])
