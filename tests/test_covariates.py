@@ -195,3 +195,9 @@ def test_direct_strategy_without_covariates_validates_on_h_step_forecasts(tmp_pa
     assert rep["steps"] == 8 and math.isfinite(rep["rows"]["model"]["mae"])
     assert main(["predict", "--run", str(out), "--horizon", "9"]) == 2
     assert "forecasts 8 steps at once" in capsys.readouterr().err
+    assert main(["predict", "--run", str(out), "--stream"]) == 2
+    assert "forecasts 8 steps at once (--strategy direct)" in capsys.readouterr().err
+    assert main(["predict", "--run", str(out), "--horizon", "3", "--json"]) == 0
+    three = json.loads(capsys.readouterr().out)
+    assert main(["predict", "--run", str(out), "--horizon", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[:3] == three  # one output, read in part

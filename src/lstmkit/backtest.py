@@ -8,6 +8,11 @@ window, and a window before the run's test part overlaps what it trained on (mar
 "in-sample"); with ``refit`` a model with the run's config is trained on the values before
 each origin (the last H of them as validation). ETS, Theta and ARIMA come from statsmodels
 when it is installed (``pip install lstmkit[classical]``).
+
+A run with covariates forecasts from the input rows of the series and its covariates (the
+known-in-advance ones read at their true future values). A run of many series
+(``--id-column``) is backtested series by series, its forecasts scaled back by each
+series' scale; the table pools every series' windows and adds each series' mean MASE.
 """
 
 from __future__ import annotations

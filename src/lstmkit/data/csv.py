@@ -1,4 +1,4 @@
-"""Any univariate series from a CSV file; predict the next value at every step.
+"""A series from a CSV file (with covariates, or many series); forecast its next values.
 
 ``--csv FILE --column NAME`` (optional ``--date-column``, checked to increase); without
 ``--csv`` the packaged airline passengers series (monthly, 1949–1960) is used. The split is
@@ -6,15 +6,21 @@ in time order: the last ``test_size`` values are the test, the ``test_size`` bef
 validation, the rest the training series (``test_size`` 0: all of it trains, and the last
 ``horizon`` values validate in-sample). Period, window length, horizon and scaling left
 unset are learned from the data (:func:`infer`, :mod:`lstmkit.timeseries`); blank cells and
-missing timestamps are errors unless ``fill`` says how to fill them.
+missing timestamps are errors unless ``fill`` says how to fill them. Covariates
+(``features``, ``future_features``, ``date_features``) add input columns and choose the
+strategy (:mod:`lstmkit.data.covariates`); ``id_column`` reads many series
+(:mod:`lstmkit.data.panel`). S below is the steps one input predicts: 1 (recursive) or H
+(direct), C the input columns (1 without covariates).
 
-- train: every window of ``length`` + 1 consecutive training values, x (N, L, 1),
-  y (N, L, 1) shifted by one, all steps counted (``num_train`` does not apply);
-- val: one window per validation value, predicting it from the L values before it (only
-  the last step counted), and ``forecast_val``: every validation value as the origin of an
-  H-step recursive forecast, scored up to the end of the part (what training selects on);
+- train: every window of ``length`` consecutive training steps whose S targets lie in the
+  training part, x (N, L, C) (views of one tensor), y (N, L, S): at step t the S values
+  after t; all steps counted (``num_train`` does not apply);
+- val: one window per validation value, predicting from the L steps before it (only the
+  last step counted), and ``forecast_val``: every validation value as the origin of an
+  H-step forecast (recursive or direct), scored up to the end of the part (what training
+  selects on);
 - test: one sequence x (1, L + S - 1, 1), S = test_size, whose last S targets are the test
-  values; :mod:`lstmkit.evaluate` forecasts them autoregressively from the first L values.
+  values; :mod:`lstmkit.evaluate` forecasts them from the first L values.
 
 The run remembers the file's path, column, length and SHA-256 (task meta) and refuses to
 evaluate if the file changed.
