@@ -130,6 +130,10 @@ def test_past_future_and_date_features_end_to_end(tmp_path, capsys):
     assert main(["predict", "--run", str(out), "--csv", moved, "--json"]) == 0
     b = json.loads(capsys.readouterr().out)
     assert len(a) == 8 and all(math.isfinite(v) for v in a) and a != b
+    from lstmkit.multistep import test_forecast
+
+    # the test part's forecast (for evaluate) is the one from the blanked context file
+    assert test_forecast(run, 8) == pytest.approx(a, rel=1e-6)
     assert main(["predict", "--run", str(out), "--csv", path]) == 2  # no future rows
     assert "future features tbilrate are needed for the 8 steps" in capsys.readouterr().err
     assert main(["backtest", "--run", str(out), "--windows", "2", "--json"]) == 0

@@ -114,3 +114,12 @@ def context_series(run, path: str, key: str = ""):
     s = csv.load(raw, name, *cols)
     f = float(meta.get("series_scale", {}).get(key, 1.0))
     return (normalized(s, f) if f != 1.0 else s), f
+
+
+def test_forecast(run, horizon: int) -> list[float]:
+    """The forecast of the held-out test part of a one-series csv run with covariates,
+    from the run's own file: what ``lstmkit.evaluate.forecast_test`` needs for such runs
+    (it passes values alone, which do not carry the covariates)."""
+    s, _ = context_series(run, run.config.csv.file)
+    n = run.config.csv.rows or len(s.values)
+    return series_forecasts(run, s, horizon, [min(n, len(s.values)) - horizon])[0].tolist()
