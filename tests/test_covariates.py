@@ -160,6 +160,8 @@ def test_recursive_run_reads_future_features_step_by_step(tmp_path, capsys):
     assert "found 3 such row(s)" in capsys.readouterr().err
     assert main(["predict", "--run", str(out), "1", "2"]) == 2
     assert "give the context as --csv FILE" in capsys.readouterr().err
+    assert main(["predict", "--run", str(out), "--id", "a"]) == 2
+    assert "--id picks a series of a run of many series" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

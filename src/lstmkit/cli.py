@@ -161,6 +161,8 @@ def cmd_predict(args) -> int:
         run = load_onnx_run(args.onnx)
     else:
         run = load_run(args.run)
+    if args.id is not None and not (run.config.data.task == "csv" and run.config.csv.id_column):
+        raise DataError("--id picks a series of a run of many series (--id-column); not this run")
     if uses_rows(run):  # covariates or many series: the context is a CSV file
         return _predict_rows(run, args)
     values = _numbers(args.values)

@@ -68,9 +68,8 @@ def forecast(run: Run, values, horizon: int) -> list[float]:
     x = _context(run, values)
     _need_defined(run, x.size(1), "forecast")
     if is_direct(run):  # H steps at once from the last window
-        return paths(run.model, run.scaler, x, horizon, run.config.data.length, direct=True)[
-            0
-        ].tolist()
+        window = run.config.data.length
+        return paths(run.model, run.scaler, x, horizon, window, direct=True)[0].tolist()
     return recursive(run.model, run.scaler, x, horizon, run.config.data.length)[0].tolist()
 
 
