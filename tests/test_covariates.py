@@ -207,3 +207,17 @@ def test_direct_strategy_without_covariates_validates_on_h_step_forecasts(tmp_pa
     three = json.loads(capsys.readouterr().out)
     assert main(["predict", "--run", str(out), "--horizon", "8", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[:3] == three  # one output, read in part
+
+
+@pytest.mark.parametrize("kind, period", [("seasonal", 4), ("diff", 1), ("standard", 1)])
+def test_multistep_recursion_matches_the_plain_recursion(kind, period):
+    from lstmkit.forecast import recursive
+    from lstmkit.model import SequenceModel
+    from lstmkit.multistep import paths
+
+    torch.manual_seed(0)
+    model = SequenceModel(1, 6, 1, backend="fused").eval()
+    x = 5 + torch.rand(3, 20, 1).cumsum(1)
+    scaler = Scaler(kind, period=period).fit(x)
+    want = recursive(model, scaler, x, 7, 12)
+    torch.testing.assert_close(paths(model, scaler, x, 7, 12), want, rtol=0, atol=0)
