@@ -7,12 +7,14 @@ default: the test part itself; --windows K adds earlier origins, --refit retrain
 each). Prints a markdown table and writes JSON.
 
     python bench/forecast_acceptance.py [--windows K] [--refit] [--out results.json]
+        [--flags "--strategy direct"]   (extra train flags, the same for every series)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -69,6 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--refit", action="store_true")
     ap.add_argument("--only", nargs="*", help="series names to run")
     ap.add_argument("--out", default="")
+    ap.add_argument("--flags", default="", help="extra train flags for every series")
     args = ap.parse_args(argv)
     from lstmkit.backtest import backtest
     from lstmkit.checkpoint import load_run
@@ -82,6 +85,7 @@ def main(argv=None) -> int:
                 continue
             flags = ["--task", "csv", "--csv", s["csv"], "--column", s["column"]]
             flags += ["--date-column", s["date"], "--test-size", str(s["test"]), *s["extra"]]
+            flags += shlex.split(args.flags)
             cfg = config_from_args(build_parser().parse_args(["train", *flags]))
             t0 = time.perf_counter()
             train(cfg, Path(tmp) / s["name"], progress=False)

@@ -8,6 +8,11 @@ window, and a window before the run's test part overlaps what it trained on (mar
 "in-sample"); with ``refit`` a model with the run's config is trained on the values before
 each origin (the last H of them as validation). ETS, Theta and ARIMA come from statsmodels
 when it is installed (``pip install lstmkit[classical]``).
+
+A run with covariates forecasts from the input rows of the series and its covariates (the
+known-in-advance ones read at their true future values). A run of many series
+(``--id-column``) is backtested series by series, its forecasts scaled back by each
+series' scale; the table pools every series' windows and adds each series' mean MASE.
 """
 
 from __future__ import annotations
@@ -110,6 +115,7 @@ class Backtest:
     in_sample: list[bool]  # the window overlaps what the run's model trained or validated on
     windows: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # method -> rows
     coverage: dict[str, float] = field(default_factory=dict)  # level -> share inside
+    series: dict[str, dict[str, float]] = field(default_factory=dict)  # id -> method -> MASE
 
     def mean(self, method: str) -> dict[str, float]:
         rows = self.windows[method]
@@ -137,6 +143,7 @@ class Backtest:
             "mean": {m: self.mean(m) for m in self.windows},
             "coverage": self.coverage,
             "verdicts": self.verdicts(),
+            **({"series": self.series} if self.series else {}),
         }
 
     def table(self) -> str:
@@ -154,15 +161,46 @@ class Backtest:
             lines.append(name.ljust(w0) + "".join(f"{mean[c]:10.4g}" for c in METRICS) + "  " + per)
         for level, cov in self.coverage.items():
             lines.append(f"{level}% interval: {100 * cov:.1f}% of the actual values inside")
-        return "\n".join(lines + self.verdicts())
+        return "\n".join(lines + self.verdicts() + self._series_lines())
+
+    def _series_lines(self) -> list[str]:
+        """Many series: the means above pool every series' windows; per series, the LSTM's
+        mean MASE beside the best baseline's."""
+        out = [f"{len(self.series)} series, mean MASE per series:"] if self.series else []
+        for key, means in self.series.items():
+            others = {m: v for m, v in means.items() if m != "LSTM"}
+            best = min(others, key=others.get)
+            word = "beats" if means["LSTM"] < others[best] else "does NOT beat"
+            out.append(f"  {key}: LSTM {means['LSTM']:.3f} {word} {best} {others[best]:.3f}")
+        return out
 
 
-def _series(run: Run):
+def _series(run: Run, cfg):
+    """The run's series as read for ``cfg`` (resolved), with its covariate columns, cut to
+    csv.rows."""
     from lstmkit.data import csv
 
-    c = run.config.csv
-    s = csv.read(c.file, run.task["meta"]["column"], run.task["meta"]["date_column"], c.fill)
-    return s.values[: c.rows] if c.rows else s.values
+    c, sp, meta = cfg.csv, csv.spec(cfg), run.task["meta"]
+    s = csv.read(c.file, meta["column"], meta["date_column"], c.fill, sp.columns, sp.future)
+    if c.rows:
+        s.values = s.values[: c.rows]
+        s.covariates = {k: v[: c.rows] for k, v in s.covariates.items()}
+    return s
+
+
+def _forecast(run: Run, series, origin: int, H: int, scale: float = 1.0) -> np.ndarray:
+    """The run's H-step forecast from ``origin`` in the units it works in (the series
+    divided by ``scale``): from the values alone, or from the input rows of the series and
+    its covariates."""
+    from lstmkit.data.panel import normalized
+    from lstmkit.forecast import forecast
+    from lstmkit.multistep import series_forecasts, uses_rows
+
+    if scale != 1.0:
+        series = normalized(series, scale)
+    if uses_rows(run) or scale != 1.0:
+        return series_forecasts(run, series, H, [origin])[0].numpy().astype(np.float64)
+    return np.asarray(forecast(run, series.values[:origin], H))
 
 
 def backtest(
@@ -174,18 +212,26 @@ def backtest(
     classical: bool = True,
 ) -> Backtest:
     """Rolling-origin evaluation of ``run`` (a csv run); see the module docstring."""
-    from lstmkit.forecast import forecast, intervals
-
     cfg = tasks.resolve(run.config)
     if cfg.data.task != "csv":
         raise DataError(f"backtest takes a run of the csv task, got one of {cfg.data.task!r}")
     if isinstance(windows, bool) or windows < 1:
         raise ConfigError(f"--windows must be an integer >= 1, got {windows!r}")
-    H, p, L = cfg.csv.horizon, cfg.data.period, cfg.data.length
+    H = cfg.csv.horizon
     step = H if step is None else step
     if step < 1:
         raise ConfigError(f"--step must be an integer >= 1, got {step!r}")
-    values = _series(run)
+    if cfg.csv.id_column:
+        return _panel(run, cfg, windows, step, refit, levels, classical)
+    return _one(run, cfg, _series(run, cfg), windows, step, refit, levels, classical)
+
+
+def _one(run, cfg, series, windows, step, refit, levels, classical, scale=1.0) -> Backtest:
+    """The backtest of one series (``scale``: its per-series scale in a many-series run)."""
+    from lstmkit.forecast import intervals
+
+    H, p, L = cfg.csv.horizon, cfg.data.period, cfg.data.length
+    values = series.values
     n = len(values)
     origins = [n - H - (windows - 1 - k) * step for k in range(windows)]
     need = max(L, p) + 1 + (H if refit else 0)  # a refit validates on the H before
@@ -201,8 +247,9 @@ def backtest(
         history, truth = values[:o], values[o : o + H]
         with tempfile.TemporaryDirectory(prefix="lstmkit-backtest-") as tmp:
             model_run = _refit(cfg, o, tmp) if refit else run
-            preds = {"LSTM": np.asarray(forecast(model_run, history, H))}
-            bands = {lv: intervals(model_run, preds["LSTM"], lv) for lv in levels}
+            fc = _forecast(model_run, series, o, H, scale)
+            preds = {"LSTM": fc * scale}
+            bands = {lv: [b * scale for b in intervals(model_run, fc, lv)] for lv in levels}
         preds.update(naive_forecasts(history, H, p))
         if classical:
             preds.update(classical_forecasts(history, H, p))
@@ -212,6 +259,32 @@ def backtest(
         for lv, (lo, hi) in bands.items():
             widths[lv].append(((t >= lo) & (t <= hi)).mean())
     bt.coverage = {f"{lv:g}": float(np.mean(c)) for lv, c in widths.items()}
+    return bt
+
+
+def _panel(run, cfg, windows, step, refit, levels, classical) -> Backtest:
+    """Every series of a many-series run, its windows pooled; per-series means kept."""
+    from lstmkit.data import csv, panel
+
+    if refit:
+        raise ConfigError("--refit retrains a single-series run; this run has many (--id-column)")
+    raw, name = csv._source(cfg.csv.file)
+    everything = panel.read_all(cfg, raw, name, csv.spec(cfg), run.task["meta"]["date_column"])
+    scales = run.task["meta"].get("series_scale", {})
+    parts = {}
+    for key, s in everything:
+        if key not in scales:
+            raise DataError(f"series {key!r} is not one this run was trained on")
+        parts[key] = _one(run, cfg, s, windows, step, False, levels, classical, scales[key])
+    first = next(iter(parts.values()))
+    bt = Backtest(first.horizon, first.period, first.origins, first.in_sample)
+    for part in parts.values():
+        for method, rows in part.windows.items():
+            bt.windows.setdefault(method, []).extend(rows)
+    bt.coverage = {
+        lv: float(np.mean([p.coverage[lv] for p in parts.values()])) for lv in first.coverage
+    }
+    bt.series = {k: {m: p.mean(m)["mase"] for m in p.windows} for k, p in parts.items()}
     return bt
 
 

@@ -13,7 +13,7 @@ import sys
 
 from lstmkit import __version__
 from lstmkit.cli_errors import failure
-from lstmkit.cli_flags import NUMBER, add_config_flags, float_in, int_in, path_arg, shown
+from lstmkit.cli_flags import NUMBER, add_config_flags, float_in, int_in, path_arg, shown, text
 from lstmkit.cli_paths import resolve
 from lstmkit.config import SECTIONS, RunConfig, flag_of, from_dict, load_toml
 from lstmkit.errors import DataError, LstmkitError
@@ -129,6 +129,7 @@ def _print_inferred(run_dir) -> None:
 def cmd_predict(args) -> int:
     from lstmkit.checkpoint import load_run
     from lstmkit.forecast import forecast, predict_steps
+    from lstmkit.multistep import uses_rows
 
     if args.stream:
         return _stream(args)
@@ -139,6 +140,10 @@ def cmd_predict(args) -> int:
         run = load_onnx_run(args.onnx)
     else:
         run = load_run(args.run)
+    if args.id is not None and not (run.config.data.task == "csv" and run.config.csv.id_column):
+        raise DataError("--id picks a series of a run of many series (--id-column); not this run")
+    if uses_rows(run):  # covariates or many series: the context is a CSV file
+        return _predict_rows(run, args, target)
     values = _numbers(args.values)
     dates = None
     if args.csv is not None or (not values and run.config.data.task == "csv"):
@@ -158,9 +163,72 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _predict_rows(run, args, target) -> int:
+    """predict for a run with covariates or many series: the context, its covariates and
+    the horizon's future rows from --csv FILE (default: the run's training file); --id
+    picks one series of a many-series run (default: every one)."""
+    from lstmkit.multistep import context_series, series_forecasts
+
+    if args.values:
+        raise DataError(
+            "this run reads covariates or many series: give the context as --csv FILE "
+            "(the run's columns, and rows after the last value holding its future features)"
+        )
+    c = run.config.csv
+    scales = run.task["meta"].get("series_scale") or {"": 1.0}
+    if args.id is not None and args.id not in scales:
+        raise DataError(f"--id {args.id!r} is not a series of this run (ids: {', '.join(scales)})")
+    horizon, rows = args.horizon or c.horizon, []
+    for key in list(scales) if args.id is None else [args.id]:
+        s, f = context_series(run, args.csv or c.file, key)
+        fc = series_forecasts(run, s, horizon)[0]
+        rows.append((key, s.dates, fc.double() * f, f, fc.tolist()))
+    if not c.id_column:
+        key, dates, fc, _, _ = rows[0]
+        if args.level or target:
+            return _forecast_out(run, fc.tolist(), args, dates, target)
+        print(json.dumps(fc.tolist()) if args.json else " ".join(f"{v:.2f}" for v in fc))
+        return 0
+    return _panel_out(run, rows, args, target)
+
+
+def _panel_out(run, rows, args, target) -> int:
+    """Forecasts of many series as rows: id, date, forecast[, lo_L, hi_L ...] (printed,
+    --json, or written to --out)."""
+    from lstmkit.checkpoint import atomic_write
+    from lstmkit.forecast import intervals
+
+    table = {"id": [], "date": [], "forecast": []}
+    for lv in args.level or []:
+        table[f"lo_{lv:g}"], table[f"hi_{lv:g}"] = [], []
+    for key, dates, fc, f, relative in rows:
+        table["id"] += [key] * len(fc)
+        table["date"] += _forecast_dates(run, dates, len(fc))
+        table["forecast"] += fc.tolist()
+        for lv in args.level or []:
+            lo, hi = intervals(run, relative, lv)
+            table[f"lo_{lv:g}"] += (lo * f).tolist()
+            table[f"hi_{lv:g}"] += (hi * f).tolist()
+    text = [",".join(table)] + [
+        ",".join(str(v) if isinstance(v, str) else f"{v:.6g}" for v in row)
+        for row in zip(*table.values(), strict=True)
+    ]
+    if target:
+        with target.writing() as path:
+            atomic_write(path, ("\n".join(text) + "\n").encode())
+        target.written()
+        print(f"{len(table['id'])} forecasts of {len(rows)} series -> {target.file}")
+    elif args.json:
+        print(json.dumps(table))
+    else:
+        print("\n".join(text))
+    return 0
+
+
 def _stream(args) -> int:
     """predict --stream: one value per stdin line, its prediction printed at once."""
     from lstmkit.checkpoint import load_run
+    from lstmkit.multistep import is_direct
     from lstmkit.streaming import Stream
 
     for flag, given in (("VALUES", args.values), ("--horizon", args.horizon is not None)):
@@ -169,7 +237,13 @@ def _stream(args) -> int:
     for flag, given in (("--csv", args.csv), ("--onnx", args.onnx)):
         if given:
             raise LstmkitError(f"--stream runs a run directory (--run); got {flag} as well")
-    stream = Stream(load_run(args.run))
+    run = load_run(args.run)
+    if is_direct(run):
+        raise DataError(
+            "--stream predicts one step after each value; this run forecasts "
+            f"{run.task['output_size']} steps at once (--strategy direct): use --horizon"
+        )
+    stream = Stream(run)
     for line in iter(sys.stdin.readline, ""):
         if line.strip():
             p = stream.push(_numbers([line.strip()])[0])
@@ -379,6 +453,9 @@ def _predict(sub) -> None:
         metavar="DIR",
         help="write DIR/forecast.csv: dated rows date, forecast[, lo, hi] (an --out ending in "
         ".csv that is not a directory is still taken as the file)",
+    )
+    pr.add_argument(
+        "--id", type=text, help="the series to forecast of a many-series run (default: all)"
     )
     pr.set_defaults(func=cmd_predict)
 

@@ -35,7 +35,8 @@ def failure(e: BaseException) -> tuple[int, str]:
     if isinstance(e, TrainingError):
         return EXIT_FAILED, "error: " + one_line(str(e))
     if isinstance(e, KeyboardInterrupt):
-        return EXIT_INTERRUPTED, one_line(str(e)) or "interrupted"
+        code = getattr(e, "exit_code", EXIT_INTERRUPTED)  # errors.Interrupted: 128 + signal
+        return code, one_line(str(e)) or "interrupted"
     if isinstance(e, BrokenPipeError) or (isinstance(e, OSError) and e.errno == errno.EPIPE):
         _silence_stdout()  # the reader went away (| head): nothing left to say to it
         return EXIT_FAILED, ""

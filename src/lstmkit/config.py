@@ -132,6 +132,15 @@ class CsvConfig:
     # blank cells and missing timestamps: none (an error) | ffill | interpolate | drop
     fill: str = opt("none", choices=("none", "ffill", "interpolate", "drop"))
     rows: int = opt(0, low=0, high=MAX_COUNT)  # use only the first N values (0: all)
+    # covariates (lstmkit.data.covariates): comma-separated column names
+    features: str = opt("")  # known only up to each step (past covariates)
+    future_features: str = opt("")  # known in advance (read for the horizon when predicting)
+    date_features: str = opt("")  # derived from the date column: month, dayofweek, hour, ...
+    # multi-step forecasts: recursive (one step fed back) | direct (H steps at once);
+    # auto: direct when past-only features are given (their future is unknown), else recursive
+    strategy: str = opt("auto", choices=("auto", "recursive", "direct"))
+    # many series in one long-format file: the column naming each row's series ("" = one)
+    id_column: str = opt("")
 
 
 @dataclass

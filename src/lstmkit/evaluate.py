@@ -65,6 +65,7 @@ def forecast_test(run: Run, td: tasks.TaskData) -> Tensor:
     sequence from the L values before them, placed like the targets: (1, T, 1)."""
     from lstmkit.data.csv import place
     from lstmkit.forecast import forecast
+    from lstmkit.multistep import test_forecast, uses_rows
 
     S = int(td.test.mask.sum())
     if not S:
@@ -73,7 +74,10 @@ def forecast_test(run: Run, td: tasks.TaskData) -> Tensor:
             "`lstmkit backtest --run DIR`"
         )
     L = run.config.data.length
-    fc = forecast(run, td.test.x[0, :L, 0].tolist(), S)
+    if uses_rows(run):  # covariates: the run's file holds them, the values alone do not
+        fc = test_forecast(run, S)
+    else:
+        fc = forecast(run, td.test.x[0, :L, 0].tolist(), S)
     return place(td, torch.tensor(fc))
 
 

@@ -11,6 +11,7 @@ import torch
 from lstmkit.checkpoint import Run, write_json
 from lstmkit.errors import DataError, RunDirError
 from lstmkit.limits import FLOAT32_MAX, MAX_HORIZON
+from lstmkit.multistep import is_direct, paths, validation_forecasts
 
 INTERVALS = "intervals.json"
 
@@ -58,7 +59,7 @@ def predict_steps(run: Run, values) -> list[float | None]:
     x = _context(run, values)
     _need_defined(run, x.size(1), "predict")
     xs, _ = run.scaler.encode(x)
-    pred = run.scaler.decode(run.model(xs), x).view(-1).tolist()
+    pred = run.scaler.decode(run.model(xs)[..., :1], x).view(-1).tolist()  # direct: 1 ahead
     ok = run.scaler.defined(x.size(1)).tolist()
     return [v if good else None for v, good in zip(pred, ok, strict=True)]
 
@@ -73,6 +74,9 @@ def forecast(run: Run, values, horizon: int) -> list[float]:
         raise DataError(f"horizon must be an integer in 1..{MAX_HORIZON}, got {horizon!r}")
     x = _context(run, values)
     _need_defined(run, x.size(1), "forecast")
+    if is_direct(run):  # H steps at once from the last window
+        window = run.config.data.length
+        return paths(run.model, run.scaler, x, horizon, window, direct=True)[0].tolist()
     fc = recursive(run.model, run.scaler, x, horizon, run.config.data.length)[0]
     bad = (~torch.isfinite(fc)).nonzero()
     if bad.numel():
@@ -109,7 +113,7 @@ def calibrate(model, scaler, fv: dict, window: int) -> dict:
     """Residuals of the model's recursive forecasts from every validation origin, each
     divided by sqrt(h) (h: steps ahead), sorted: what :func:`intervals` widens by."""
     target = fv["target"]
-    pred = recursive(model, scaler, fv["context"], target.size(1), window)
+    pred = validation_forecasts(model, scaler, fv, window)
     h = torch.arange(1, target.size(1) + 1, dtype=torch.float64).sqrt()
     z = ((pred.double() - target.double()).abs() / h)[torch.isfinite(target)]
     return {

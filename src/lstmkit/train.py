@@ -91,11 +91,11 @@ def masked_loss(pred: Tensor, y: Tensor, mask: Tensor, kind: str) -> Tensor:
 def forecast_error(model, scaler: Scaler, fv: dict, window: int, device) -> float:
     """MASE of the recursive forecasts of ``fv`` (see TaskData.forecast_val): every
     validation value as origin, up to H steps each (NaN targets past the part are skipped)."""
-    from lstmkit.forecast import recursive
+    from lstmkit.multistep import validation_forecasts
 
     model.eval()
     target = fv["target"].to(device)
-    pred = recursive(model, scaler, fv["context"].to(device), target.size(1), window)
+    pred = validation_forecasts(model, scaler, fv, window, device)
     model.train()
     err = (pred - target).abs().nanmean().item() / fv["scale"]
     return err if math.isfinite(err) else math.inf
