@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lstmkit.config import DataConfig, RunConfig
 from lstmkit.errors import DataError
 from lstmkit.forecast import forecast, recursive
 
@@ -58,7 +59,7 @@ class FakeRun:
     def __init__(self, model, window: int) -> None:
         self.model, self.scaler = model, OffsetScaler()
         self.task = {"input_size": 1}
-        self.config = type("C", (), {"data": type("D", (), {"length": window})()})()
+        self.config = RunConfig(data=DataConfig(length=window))
         self.scaler.defined = lambda n: torch.ones(n, dtype=torch.bool)
 
 

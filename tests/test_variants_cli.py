@@ -83,7 +83,10 @@ def test_help_names_the_variant_flags(capsys):
         (["--init", "chrono", "--forget-bias", "1"], "both set the forget bias; use one"),
         (["--init", "chrono", "--length", "2"], "needs t_max, a number > 2, got 2.0"),
         (["--t-max", "10"], "t_max is used only with init='chrono'"),
-        (["--init", "orthogonal"], "model.init must be one of uniform, chrono"),
+        (
+            ["--init", "orthogonal"],
+            "argument --init: invalid choice: 'orthogonal' (choose from 'uniform', 'chrono')",
+        ),
         (["--cell-clip", "0"], "model.cell_clip must be a positive number"),
         (["--layer-norm", "maybe"], "--layer-norm must be true or false, got 'maybe'"),
         (["--dropout", "0.3"], "model.dropout acts between LSTM layers"),

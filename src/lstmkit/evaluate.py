@@ -67,6 +67,11 @@ def forecast_test(run: Run, td: tasks.TaskData) -> Tensor:
     from lstmkit.forecast import forecast
     from lstmkit.multistep import test_forecast, uses_rows
 
+    if run.config.csv.id_column:
+        raise DataError(
+            "this run holds many series (--id-column); score each and all of them with "
+            "`lstmkit backtest --run DIR`"
+        )
     S = int(td.test.mask.sum())
     if not S:
         raise DataError(
@@ -74,10 +79,8 @@ def forecast_test(run: Run, td: tasks.TaskData) -> Tensor:
             "`lstmkit backtest --run DIR`"
         )
     L = run.config.data.length
-    if uses_rows(run):  # covariates: the run's file holds them, the values alone do not
-        fc = test_forecast(run, S)
-    else:
-        fc = forecast(run, td.test.x[0, :L, 0].tolist(), S)
+    rows = uses_rows(run)  # covariates: the run's file holds them, the values alone do not
+    fc = test_forecast(run, S) if rows else forecast(run, td.test.x[0, :L, 0].tolist(), S)
     return place(td, torch.tensor(fc))
 
 
