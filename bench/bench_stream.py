@@ -27,7 +27,7 @@ import torch
 
 from lstmkit.checkpoint import load_run, save_run
 from lstmkit.config import RunConfig
-from lstmkit.data import resolve
+from lstmkit.data import TaskFacts, resolve
 from lstmkit.forecast import predict_steps
 from lstmkit.model import SequenceModel
 from lstmkit.scaling import Scaler
@@ -36,7 +36,7 @@ from lstmkit.streaming import Stream
 
 def _default_run(path: Path):
     cfg = resolve(RunConfig())  # the counting task's defaults, as `lstmkit train` resolves them
-    task = {"input_size": 1, "output_size": 1, "kind": "regression", "tokens": False, "meta": {}}
+    task = TaskFacts(input_size=1, output_size=1)
     model = SequenceModel(1, cfg.model.hidden_size, 1, num_layers=cfg.model.num_layers)
     save_run(path, cfg, task, model.state_dict(), Scaler("diff"))
     return load_run(path)

@@ -92,13 +92,13 @@ def main(argv=None) -> int:
             seconds = time.perf_counter() - t0
             run = load_run(Path(tmp) / s["name"])
             bt = backtest(run, args.windows, refit=args.refit, levels=(80, 95))
-            inferred = run.task["meta"]["inferred"]
+            inferred = run.task.meta["inferred"]
             sn = f"seasonal naive ({run.config.data.period})"
             mean = {m: bt.mean(m)["mase"] for m in bt.windows}
             row = {
                 "series": s["name"],
                 "frequency": inferred["frequency"],
-                "values": run.task["meta"]["values"],
+                "values": run.task.meta["values"],
                 "test": s["test"],
                 "period": run.config.data.period,
                 "scaling": run.config.data.scaling,

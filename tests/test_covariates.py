@@ -113,7 +113,7 @@ def test_past_future_and_date_features_end_to_end(tmp_path, capsys):
     )
     run = load_run(out)
     assert run.config.csv.strategy == "direct"  # past features: their future is unknown
-    assert run.task["input_size"] == 1 + 2 + 8 * (1 + 2) and run.task["output_size"] == 8
+    assert run.task.input_size == 1 + 2 + 8 * (1 + 2) and run.task.output_size == 8
     ctx = _macro(tmp_path, blank_last=8, name="ctx.csv")
     fc = tmp_path / "fc.csv"
     capsys.readouterr()
@@ -147,7 +147,7 @@ def test_recursive_run_reads_future_features_step_by_step(tmp_path, capsys):
     extra = ["--future-features", "tbilrate", "--date-features", "quarter,month"]
     assert main(["train", "--out", str(out), *_flags(path, *extra)]) == 0
     run = load_run(out)
-    assert run.config.csv.strategy == "recursive" and run.task["input_size"] == 1 + 1 + 4
+    assert run.config.csv.strategy == "recursive" and run.task.input_size == 1 + 1 + 4
     ctx = _macro(tmp_path, blank_last=3, name="ctx.csv")
     moved = _macro(tmp_path, blank_last=3, name="moved.csv", rate_shift=5.0)
     capsys.readouterr()

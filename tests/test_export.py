@@ -17,6 +17,7 @@ from lstmkit.checkpoint import load_run, save_run
 from lstmkit.cli import main
 from lstmkit.config import RunConfig
 from lstmkit.convert import ConversionError
+from lstmkit.data import TaskFacts
 from lstmkit.export import export_run, load_onnx_run, quantize_int8, to_onnx
 from lstmkit.forecast import forecast, predict_steps
 from lstmkit.model import SequenceModel
@@ -100,7 +101,7 @@ def _random_run(path, scaler: Scaler, seed=0, layers=1):
     cfg = RunConfig()
     cfg.model.hidden_size, cfg.model.num_layers = 8, layers
     cfg.data.length = 6
-    task = {"input_size": 1, "output_size": 1, "kind": "regression", "tokens": False, "meta": {}}
+    task = TaskFacts(input_size=1, output_size=1)
     model = SequenceModel(1, 8, 1, num_layers=layers)
     save_run(path, cfg, task, model.state_dict(), scaler)
     return load_run(path)

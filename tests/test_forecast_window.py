@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lstmkit.config import DataConfig, RunConfig
+from lstmkit.data import TaskFacts
 from lstmkit.errors import DataError
 from lstmkit.forecast import forecast, recursive
 
@@ -58,7 +59,7 @@ def test_window_only_and_same_forecast(T, window, horizon):
 class FakeRun:
     def __init__(self, model, window: int) -> None:
         self.model, self.scaler = model, OffsetScaler()
-        self.task = {"input_size": 1}
+        self.task = TaskFacts(input_size=1, output_size=1)
         self.config = RunConfig(data=DataConfig(length=window))
         self.scaler.defined = lambda n: torch.ones(n, dtype=torch.bool)
 

@@ -95,7 +95,7 @@ def test_resume_of_an_oversized_config_is_refused_before_building(good, tmp_path
 def test_oversized_vocab_and_output_are_refused(good, tmp_path, capsys):
     run = _copy(good, tmp_path)
     _edit_json(run / "config.json", lambda d: d["task"].update(output_size=10**9))
-    _one_line_error(run, capsys, "does not match its config", "head.weight")
+    _one_line_error(run, capsys, "task.output_size must be in 1..1048576, got 1000000000")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

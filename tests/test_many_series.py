@@ -49,7 +49,7 @@ def panel_run(tmp_path_factory):
 def test_one_model_with_per_series_scaling(panel_run):
     out, path = panel_run
     run = load_run(out)
-    meta = run.task["meta"]
+    meta = run.task.meta
     assert list(meta["series_scale"]) == ["gdp", "inv", "unemp", "gdp_k"]
     d = macrodata.load_pandas().data
     n_train = len(d) - 16

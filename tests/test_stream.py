@@ -19,6 +19,7 @@ from lstmkit import LSTM
 from lstmkit.checkpoint import load_run, save_run
 from lstmkit.cli import main
 from lstmkit.config import RunConfig
+from lstmkit.data import TaskFacts
 from lstmkit.errors import DataError
 from lstmkit.forecast import predict_steps
 from lstmkit.model import SequenceModel
@@ -73,7 +74,7 @@ def _random_run(path, scaler: Scaler, backend="auto", seed=0):
     torch.manual_seed(seed)
     cfg = RunConfig()
     cfg.model.hidden_size, cfg.model.num_layers, cfg.model.backend = 6, 2, backend
-    task = {"input_size": 1, "output_size": 1, "kind": "regression", "tokens": False, "meta": {}}
+    task = TaskFacts(input_size=1, output_size=1)
     save_run(path, cfg, task, SequenceModel(1, 6, 1, num_layers=2).state_dict(), scaler)
     return load_run(path)
 

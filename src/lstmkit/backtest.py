@@ -180,7 +180,7 @@ def _series(run: Run, cfg):
     csv.rows."""
     from lstmkit.data import csv
 
-    c, sp, meta = cfg.csv, csv.spec(cfg), run.task["meta"]
+    c, sp, meta = cfg.csv, csv.spec(cfg), run.task.meta
     s = csv.read(c.file, meta["column"], meta["date_column"], c.fill, sp.columns, sp.future)
     if c.rows:
         s.values = s.values[: c.rows]
@@ -269,8 +269,8 @@ def _panel(run, cfg, windows, step, refit, levels, classical) -> Backtest:
     if refit:
         raise ConfigError("--refit retrains a single-series run; this run has many (--id-column)")
     raw, name = csv._source(cfg.csv.file)
-    everything = panel.read_all(cfg, raw, name, csv.spec(cfg), run.task["meta"]["date_column"])
-    scales = run.task["meta"].get("series_scale", {})
+    everything = panel.read_all(cfg, raw, name, csv.spec(cfg), run.task.meta["date_column"])
+    scales = run.task.meta.get("series_scale", {})
     parts = {}
     for key, s in everything:
         if key not in scales:

@@ -30,6 +30,7 @@ from safetensors.torch import save as st_save
 
 from lstmkit import __version__
 from lstmkit.config import RunConfig, from_dict, to_dict
+from lstmkit.data import TaskFacts
 from lstmkit.errors import ConfigError, DiskError, RunDirError
 from lstmkit.model import SequenceModel
 from lstmkit.rundir import NEW
@@ -142,27 +143,27 @@ class Run:
 
     path: Path
     config: RunConfig
-    task: dict  # input_size, output_size, kind, tokens, meta
+    task: TaskFacts
     model: SequenceModel
     scaler: Scaler
 
 
-def build_model(cfg: RunConfig, task: dict) -> SequenceModel:
+def build_model(cfg: RunConfig, task: TaskFacts) -> SequenceModel:
     m = cfg.model
     return SequenceModel(
-        input_size=task["input_size"],
+        input_size=task.input_size,
         hidden_size=m.hidden_size,
-        output_size=task["output_size"],
+        output_size=task.output_size,
         num_layers=m.num_layers,
         dropout=m.dropout,
         backend=m.backend,
-        vocab_size=task["input_size"] if task.get("tokens") else None,
+        vocab_size=task.input_size if task.tokens else None,
         embedding_dim=m.embedding_dim,
         **m.variant(),
     )
 
 
-def save_run(path: Path, cfg: RunConfig, task: dict, weights: dict, scaler: Scaler) -> None:
+def save_run(path: Path, cfg: RunConfig, task: TaskFacts, weights: dict, scaler: Scaler) -> None:
     """Write config.json, scaler.json and model.safetensors (``weights``: a model's
     state_dict), each atomically."""
     path = Path(path)
@@ -173,7 +174,7 @@ def save_run(path: Path, cfg: RunConfig, task: dict, weights: dict, scaler: Scal
             "format_version": FORMAT_VERSION,
             "lstmkit_version": __version__,
             "config": to_dict(cfg),
-            "task": task,
+            "task": task.to_dict(),
         },
     )
     write_json(path / SCALER, scaler.to_dict())
@@ -209,7 +210,7 @@ def _read_json(path: Path) -> dict:
     return d
 
 
-def load_config(path: str | Path) -> tuple[RunConfig, dict]:
+def load_config(path: str | Path) -> tuple[RunConfig, TaskFacts]:
     """(config, task facts) of run directory ``path``, checked (RunDirError otherwise)."""
     meta = _read_json(Path(path) / CONFIG)
     version = meta.get("format_version")
@@ -220,9 +221,9 @@ def load_config(path: str | Path) -> tuple[RunConfig, dict]:
         )
     try:
         cfg = from_dict(meta["config"], source=str(Path(path) / CONFIG), legacy=version == 1)
-        task = meta["task"]
-        if not isinstance(task, dict):
-            raise TypeError(f"'task' must be an object, got {type(task).__name__}")
+        task = TaskFacts.from_dict(meta["task"], str(Path(path) / CONFIG))
+    except RunDirError:
+        raise
     except ConfigError as e:
         raise RunDirError(str(e)) from None
     except RecursionError:
@@ -232,7 +233,7 @@ def load_config(path: str | Path) -> tuple[RunConfig, dict]:
     return cfg, task
 
 
-def expected_weights(cfg: RunConfig, task: dict, where: str) -> dict[str, tuple]:
+def expected_weights(cfg: RunConfig, task: TaskFacts, where: str) -> dict[str, tuple]:
     """The parameter names and shapes ``cfg`` builds, found on the meta device: nothing is
     allocated, whatever sizes an untrusted config.json names."""
     try:
@@ -281,7 +282,7 @@ def read_header(path: Path) -> dict[str, tuple[str, tuple]]:
     return out
 
 
-def _check_weights_file(path: Path, cfg: RunConfig, task: dict, where: str) -> None:
+def _check_weights_file(path: Path, cfg: RunConfig, task: TaskFacts, where: str) -> None:
     """The weights file holds exactly the tensors ``cfg`` builds: read from its header, the
     model's shapes found on the meta device, its layer count checked first (building a
     million meta layers would take long before failing)."""

@@ -175,7 +175,7 @@ def _predict_rows(run, args, target) -> int:
             "(the run's columns, and rows after the last value holding its future features)"
         )
     c = run.config.csv
-    scales = run.task["meta"].get("series_scale") or {"": 1.0}
+    scales = run.task.meta.get("series_scale") or {"": 1.0}
     if args.id is not None and args.id not in scales:
         raise DataError(f"--id {args.id!r} is not a series of this run (ids: {', '.join(scales)})")
     horizon, rows = args.horizon or c.horizon, []
@@ -241,7 +241,7 @@ def _stream(args) -> int:
     if is_direct(run):
         raise DataError(
             "--stream predicts one step after each value; this run forecasts "
-            f"{run.task['output_size']} steps at once (--strategy direct): use --horizon"
+            f"{run.task.output_size} steps at once (--strategy direct): use --horizon"
         )
     stream = Stream(run)
     for line in iter(sys.stdin.readline, ""):
@@ -299,7 +299,7 @@ def _forecast_dates(run, dates, n: int) -> list[str]:
     """The dates of the ``n`` steps after the context, or "1".."n" when it has none."""
     from lstmkit import timeseries as ts
 
-    meta = run.task.get("meta", {})
+    meta = run.task.meta
     step_s, freq = meta.get("step_s"), meta.get("inferred", {}).get("frequency")
     if not (dates and step_s):
         return [str(k) for k in range(1, n + 1)]
@@ -342,7 +342,7 @@ def _csv_context(run, path: str, values: list[float]):
         raise DataError(f"--csv takes a run of the csv task, got one of {run.config.data.task!r}")
     if values:
         raise DataError("give the context either as values or as --csv FILE, not both")
-    meta = run.task["meta"]
+    meta = run.task.meta
     s = read(path, meta["column"], meta.get("date_column", ""), run.config.csv.fill)
     return s.values, s.dates
 

@@ -89,7 +89,7 @@ def rebuild(run: Run) -> tuple[RunConfig, tasks.Task, tasks.TaskData]:
     checked first for a file task)."""
     cfg = tasks.resolve(run.config)  # a saved config is resolved; older runs may lack fields
     task = tasks.get(cfg.data.task)
-    task.check_source(cfg, run.task.get("meta", {}))
+    task.check_source(cfg, run.task.meta)
     return cfg, task, tasks.make(cfg, cfg.train.seed)
 
 

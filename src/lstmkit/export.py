@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from lstmkit import __version__
 from lstmkit.checkpoint import atomic_write
 from lstmkit.convert import ConversionError, require_plain, to_torch
+from lstmkit.data import TaskFacts
 from lstmkit.layer import LSTM
 from lstmkit.model import SequenceModel
 
@@ -181,7 +182,7 @@ def export_run(run, path=None, lengths: bool = False) -> Path:
         "lstmkit.format_version": FORMAT_VERSION,
         "lstmkit.version": __version__,
         "lstmkit.config": json.dumps(to_dict(run.config)),
-        "lstmkit.task": json.dumps(run.task),
+        "lstmkit.task": json.dumps(run.task.to_dict()),
         "lstmkit.scaler": json.dumps(run.scaler.to_dict()),
     }
     return to_onnx(run.model, path or Path(run.path) / "model.onnx", lengths, meta)
@@ -235,7 +236,7 @@ def load_onnx_run(path):
         )
     try:
         cfg = from_dict(json.loads(meta["lstmkit.config"]), source=str(path))
-        task = json.loads(meta["lstmkit.task"])
+        task = TaskFacts.from_dict(json.loads(meta["lstmkit.task"]), str(path))
         scaler = Scaler.from_dict(json.loads(meta["lstmkit.scaler"]))
     except (KeyError, TypeError, ValueError) as e:
         raise RunDirError(f"{path} has incomplete or invalid lstmkit metadata: {e}") from None

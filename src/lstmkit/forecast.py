@@ -18,10 +18,10 @@ INTERVALS = "intervals.json"
 
 def _context(run: Run, values) -> torch.Tensor:
     """User values as x (1, T, 1) float32, checked."""
-    if run.task.get("tokens") or run.task["input_size"] != 1:
+    if run.task.tokens or run.task.input_size != 1:
         raise DataError(
-            f"this run's model takes {run.task['input_size']} value(s) per step "
-            f"({'tokens' if run.task.get('tokens') else 'features'}); predict takes one series"
+            f"this run's model takes {run.task.input_size} value(s) per step "
+            f"({'tokens' if run.task.tokens else 'features'}); predict takes one series"
         )
     vals = [float(v) for v in values]
     if not vals:

@@ -17,7 +17,7 @@ def generate(
 
     The prompt is read in one pass (ids (1, len(prompt))); then each step samples from
     softmax(logits / temperature) and feeds the character back with the LSTM state."""
-    vocab = run.task.get("meta", {}).get("vocab")
+    vocab = run.task.meta.get("vocab")
     if run.config.data.task != "text" or not isinstance(vocab, str):
         raise DataError(
             f"generate needs a run of the text task, got a run of task {run.config.data.task!r}"

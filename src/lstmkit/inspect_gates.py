@@ -138,8 +138,8 @@ def layer_input(run: Run, values) -> Tensor:
     token ids go through the model's embedding."""
     model = run.model
     device = next(model.parameters()).device
-    if run.task.get("tokens"):
-        vocab = run.task["input_size"]
+    if run.task.tokens:
+        vocab = run.task.input_size
         vals = [float(v) for v in values]
         bad = [v for v in vals if not (v.is_integer() and 0 <= v < vocab)]
         if not vals or bad:

@@ -71,7 +71,7 @@ def uses_rows(run) -> bool:
     """A csv run whose inputs hold more than its series (covariates), or of many series:
     its forecasts need the file's other columns, not values alone."""
     c = run.config.csv
-    return run.config.data.task == "csv" and (run.task["input_size"] > 1 or bool(c.id_column))
+    return run.config.data.task == "csv" and (run.task.input_size > 1 or bool(c.id_column))
 
 
 def series_forecasts(run, series, horizon: int, origins: list[int] | None = None) -> Tensor:
@@ -106,7 +106,7 @@ def context_series(run, path: str, key: str = ""):
     from lstmkit.data import csv
     from lstmkit.data.panel import normalized
 
-    c, meta = run.config.csv, run.task["meta"]
+    c, meta = run.config.csv, run.task.meta
     sp = csv.spec(run.config)
     only = (c.id_column, key) if c.id_column else None
     raw, name = csv._source(path)

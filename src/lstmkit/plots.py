@@ -88,13 +88,7 @@ def plot_loss(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 def is_series(run: Run) -> bool:
     """One value in, one value out per step, regression: counting, sine, csv."""
-    t = run.task
-    return (
-        t.get("kind") == "regression"
-        and not t.get("tokens")
-        and t["input_size"] == 1
-        and t["output_size"] == 1
-    )
+    return run.task.is_series
 
 
 def forecasts_on_test(run: Run):
@@ -120,7 +114,7 @@ def plot_forecast(run: Run, out: str | Path | None = None) -> Path | None:
     """Truth, the model's predictions and the naive baselines on the first test sequence, to
     ``out`` (default DIR/forecast.png); the steps evaluate scores are shaded when not all
     are. None for tasks that are not series."""
-    if not is_series(run) or run.task.get("meta", {}).get("test_size") == 0:
+    if not is_series(run) or run.task.meta.get("test_size") == 0:
         return None  # nothing held out (csv --test-size 0): no test forecast to draw
     out = Path(out) if out else run.path / FORECAST_PNG
     truth, scored, preds = forecasts_on_test(run)

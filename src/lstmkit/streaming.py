@@ -23,10 +23,10 @@ class Stream:
     ``predict_steps`` has none: the first ``period`` values under seasonal scaling)."""
 
     def __init__(self, run: Run) -> None:
-        if run.task.get("tokens") or run.task["input_size"] != 1:
+        if run.task.tokens or run.task.input_size != 1:
             raise DataError(
-                f"this run's model takes {run.task['input_size']} value(s) per step "
-                f"({'tokens' if run.task.get('tokens') else 'features'}); streaming takes "
+                f"this run's model takes {run.task.input_size} value(s) per step "
+                f"({'tokens' if run.task.tokens else 'features'}); streaming takes "
                 "one series"
             )
         self.run = run

@@ -13,7 +13,7 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -133,7 +133,7 @@ class _Session:
     work: Path | None = None  # where files go now: out, or (--overwrite) its staging sibling
     committed: int | None = None  # the epoch of the newest checkpoint on disk
     finished: bool = False
-    task: dict = field(default_factory=dict)  # what _task_setup returned
+    task: TaskSetup | None = None
     model: torch.nn.Module | None = None
     opt: torch.optim.Optimizer | None = None
     sched: object = None
@@ -186,20 +186,24 @@ def train(
         distributed.teardown(ctx, ok)
 
 
-def _task_setup(cfg: RunConfig) -> dict:
+@dataclass
+class TaskSetup:
     """Everything the trainer takes from the task, in one place."""
+
+    facts: tasks.TaskFacts
+    scaler: Scaler
+    kind: str  # regression | classification
+    fv: dict | None  # multi-step validation (see TaskData.forecast_val)
+    # training windows are encoded a batch at a time (a long series' windows are views of
+    # one tensor; encoding them all at once would copy each value L times)
+    train: tasks.Split
+    val: tasks.Split  # encoded
+
+
+def _task_setup(cfg: RunConfig) -> TaskSetup:
     td = tasks.make(cfg, cfg.train.seed)
     scaler = make_scaler(cfg, td)
-    return {
-        "facts": td.facts.to_dict(),
-        "scaler": scaler,
-        "kind": td.kind,
-        "fv": td.forecast_val,
-        # training windows are encoded a batch at a time (a long series' windows are views of
-        # one tensor; encoding them all at once would copy each value L times)
-        "train": td.train,
-        "val": encode(td.val, scaler),
-    }
+    return TaskSetup(td.facts, scaler, td.kind, td.forecast_val, td.train, encode(td.val, scaler))
 
 
 def _setup(s: _Session, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
@@ -246,8 +250,8 @@ def _open(s: _Session, resume: bool, overwrite: bool) -> tuple[Path, bool]:
 
 
 def _build(s: _Session) -> None:
-    cfg, fv = s.cfg, s.task["fv"]
-    s.model = build_model(cfg, s.task["facts"]).to(s.device)
+    cfg, fv = s.cfg, s.task.fv
+    s.model = build_model(cfg, s.task.facts).to(s.device)
     if fv is not None:  # start from the scaling's reference forecast (a zero correction)
         torch.nn.init.zeros_(s.model.head.weight)
         torch.nn.init.zeros_(s.model.head.bias)
@@ -258,7 +262,7 @@ def _build(s: _Session) -> None:
     s.opt = opt_cls(
         s.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=fused
     )
-    shard = distributed.shard_size(s.ctx, len(s.task["train"]))  # all of it when alone
+    shard = distributed.shard_size(s.ctx, len(s.task.train))  # all of it when alone
     s.steps_per_epoch = math.ceil(shard / cfg.train.batch_size)
     total = s.steps_per_epoch * cfg.train.epochs
     s.sched = torch.optim.lr_scheduler.LambdaLR(s.opt, _schedule(cfg, total))
@@ -268,11 +272,11 @@ def _probe(s: _Session) -> None:
     """One forward and backward pass on one training window, random state untouched: a model
     its backend cannot run fails here, before the run directory is written."""
     devices = [s.device.index or 0] if s.device.type == "cuda" else []
-    split = s.task["train"]
+    split = s.task.train
     with torch.random.fork_rng(devices=devices):
-        b = encode(tasks.Split(split.x[:1], split.y[:1], split.mask[:1]), s.task["scaler"])
+        b = encode(tasks.Split(split.x[:1], split.y[:1], split.mask[:1]), s.task.scaler)
         x, y, m = b.x.to(s.device), b.y.to(s.device), b.mask.to(s.device)
-        masked_loss(s.model(x), y, m, s.task["kind"]).backward()
+        masked_loss(s.model(x), y, m, s.task.kind).backward()
     for p in s.model.parameters():
         p.grad = None
 
@@ -282,11 +286,11 @@ def _start(s: _Session) -> None:
     s.state = TrainState(
         model={}, optimizer={}, scheduler={}, rng=torch.get_rng_state(), best_weights=_cpu(s)
     )
-    if s.task["fv"] is not None:  # the reference forecast is a candidate too (epoch 0)
+    if s.task.fv is not None:  # the reference forecast is a candidate too (epoch 0)
         s.state.best_val, s.state.best_epoch = _validate(s), 0
     if s.ctx.is_main:
         with s.sig.held():
-            save_run(s.work, s.cfg, s.task["facts"], s.state.best_weights, s.task["scaler"])
+            save_run(s.work, s.cfg, s.task.facts, s.state.best_weights, s.task.scaler)
         _checkpoint(s)
 
 
@@ -337,9 +341,9 @@ def _checkpoint(s: _Session) -> None:
 
 
 def _validate(s: _Session) -> float:
-    if s.task["fv"] is not None:
-        return forecast_error(s.model, s.task["scaler"], s.task["fv"], s.cfg.data.length, s.device)
-    return evaluate_loss(s.model, s.task["val"], s.task["kind"], s.device)
+    if s.task.fv is not None:
+        return forecast_error(s.model, s.task.scaler, s.task.fv, s.cfg.data.length, s.device)
+    return evaluate_loss(s.model, s.task.val, s.task.kind, s.device)
 
 
 def _loop(s: _Session, progress: bool | None) -> None:
@@ -392,7 +396,7 @@ def _epoch(s: _Session, net, bar, clock: _Clock) -> bool:
     """One epoch's steps and its validation; True when training should stop here."""
     st, cfg, ctx = s.state, s.cfg, s.ctx
     g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + st.epoch)
-    order = torch.randperm(len(s.task["train"]), generator=g)
+    order = torch.randperm(len(s.task.train), generator=g)
     order = distributed.shard(ctx, order)  # this rank's part; all of it when alone
     running, done = 0.0, 0
     for i in range(s.steps_per_epoch):
@@ -411,10 +415,10 @@ def _epoch(s: _Session, net, bar, clock: _Clock) -> bool:
 
 def _step(s: _Session, net, idx: Tensor) -> float:
     """One optimizer step on the windows ``idx``; the loss before it."""
-    split, st = s.task["train"], s.state
-    batch = encode(tasks.Split(split.x[idx], split.y[idx], split.mask[idx]), s.task["scaler"])
+    split, st = s.task.train, s.state
+    batch = encode(tasks.Split(split.x[idx], split.y[idx], split.mask[idx]), s.task.scaler)
     x, y, m = batch.x.to(s.device), batch.y.to(s.device), batch.mask.to(s.device)
-    loss = masked_loss(net(x), y, m, s.task["kind"])
+    loss = masked_loss(net(x), y, m, s.task.kind)
     if not torch.isfinite(loss):
         where = f"at step {st.step + 1} (epoch {st.epoch + 1})"
         raise TrainingError(f"loss became {loss.item()} {where}")
@@ -453,14 +457,14 @@ def _end_epoch(s: _Session, train_loss: float, clock: _Clock) -> bool:
 
 def _finish(s: _Session) -> Result:
     """Prediction intervals (forecast tasks), the overwrite swap, the result."""
-    st, fv = s.state, s.task["fv"]
+    st, fv = s.state, s.task.fv
     if s.ctx.is_main:
         with s.sig.held():
             if fv is not None:  # intervals from the best model's validation residuals
                 from lstmkit.forecast import calibrate, save_calibration
 
                 s.model.load_state_dict(st.best_weights)
-                cal = calibrate(s.model.cpu(), s.task["scaler"], fv, s.cfg.data.length)
+                cal = calibrate(s.model.cpu(), s.task.scaler, fv, s.cfg.data.length)
                 save_calibration(s.work, cal)
             s.writer.finish()
             s.finished = True
