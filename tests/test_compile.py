@@ -342,7 +342,7 @@ def test_export_dynamic_batch_and_time(kind):
 LOAD_SCRIPT = textwrap.dedent(
     """
     import sys, torch
-    import lstmkit  # registers the lstmkit::lstm_layer ops the program calls
+    import lstmkit.backends  # registers the lstmkit::lstm_layer ops the program calls
     torch.set_num_threads(1)
     ep = torch.export.load(sys.argv[1])
     cases = torch.load(sys.argv[2])

@@ -68,7 +68,7 @@ class ModelConfig:
     backend: str = opt("auto")  # checked by lstmkit.backends before anything is written
     embedding_dim: int = opt(32, low=1, high=MAX_SIZE)  # token tasks (copy, text) only
     # LSTM variants (lstmkit.variants.Variant checks them; all off: the plain LSTM)
-    forget_bias: float = opt(0.0)  # added to the forget gate's bias at initialisation
+    forget_bias: float = opt(0.0, low=-100.0, high=100.0)  # added to the forget bias at init
     init: str = opt("uniform", choices=("uniform", "chrono"))  # chrono: Tallec & Ollivier 2018
     t_max: float | None = opt(None, optional=True)  # chrono (> 0, variants); None: data.length
     layer_norm: bool = opt(False)
