@@ -15,6 +15,7 @@ import torch
 
 import lstmkit.checkpoint as ckpt
 import lstmkit.rundir as rundir
+from lstmkit.config import RunConfig
 
 PHASES = ("before", "torn", "after")  # nothing written / a temporary half written / renamed
 
@@ -101,3 +102,12 @@ def _arm(write: int, phase: str, sig: int, at_exchange: str) -> None:
 
     ckpt.atomic_write = write_then_die
     rundir.exchange = exchange_then_die
+
+
+def small_config(seed: int = 0) -> RunConfig:
+    """A counting run of 3 short epochs, a checkpoint at every epoch end."""
+    cfg = RunConfig()
+    cfg.train.device = "cpu"  # the tests fork; a forked child cannot use CUDA its parent began
+    cfg.train.epochs, cfg.train.seed, cfg.train.checkpoint_every = 3, seed, 0.0
+    cfg.data.num_train, cfg.data.num_val, cfg.model.hidden_size = 48, 16, 6
+    return cfg

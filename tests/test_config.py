@@ -7,8 +7,6 @@ import pytest
 from lstmkit import data as tasks
 from lstmkit.cli import main
 from lstmkit.config import (
-    MAX_SEED,
-    MAX_SIZE,
     SECTIONS,
     RunConfig,
     choices_of,
@@ -18,13 +16,14 @@ from lstmkit.config import (
     validate,
 )
 from lstmkit.errors import ConfigError
+from lstmkit.limits import MAX_SIZE, MAX_TRAIN_SEED
 
 
 @pytest.mark.parametrize(
     "d, message",
     [
         ({"model": {"hidden_size": 10**30}}, f"model.hidden_size must be in [1, {MAX_SIZE}]"),
-        ({"train": {"seed": 2**64}}, f"train.seed must be in [0, {MAX_SEED}]"),
+        ({"train": {"seed": 2**64}}, f"train.seed must be in [0, {MAX_TRAIN_SEED}]"),
         ({"train": {"seed": -1}}, "train.seed must be in [0,"),
         ({"train": {"epochs": 0}}, "train.epochs must be in [1,"),
         ({"train": {"lr": 1e300}}, "train.lr must be > 0 and <= 1000"),

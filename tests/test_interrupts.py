@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from killing import count_writes, in_child
+from killing import count_writes, in_child, small_config
 from safetensors.torch import load_file
 
 import lstmkit.checkpoint as ckpt
@@ -23,18 +23,10 @@ from lstmkit.errors import DiskError, Interrupted
 from lstmkit.train import train
 
 
-def _cfg(seed: int = 0) -> RunConfig:
-    cfg = RunConfig()
-    cfg.train.device = "cpu"  # the tests fork; a forked child cannot use CUDA its parent began
-    cfg.train.epochs, cfg.train.seed, cfg.train.checkpoint_every = 3, seed, 0.0
-    cfg.data.num_train, cfg.data.num_val, cfg.model.hidden_size = 48, 16, 6
-    return cfg
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run"
-    writes = count_writes(lambda: train(_cfg(), out))
+    writes = count_writes(lambda: train(small_config(), out))
     return out, writes
 
 
@@ -50,7 +42,7 @@ def _train_reporting(out, **kw):
 
     def go():
         try:
-            train(_cfg(), out, **kw)
+            train(small_config(), out, **kw)
         except Interrupted as e:
             print(f"lstmkit: {e}", file=sys.stderr)
             return e.exit_code
@@ -100,7 +92,7 @@ def test_ctrl_c_at_any_early_instant_is_clean_and_blocks_nothing(tmp_path, refer
     kept = _kept_epoch(err)
     if code == 130 and kept is None:  # "nothing was kept", or stopped before train() began
         assert not out.exists(), err  # the start removed what it had made
-        train(_cfg(), out)
+        train(small_config(), out)
     elif code == 130:
         assert kept == load_state(out / "train_state.pt").epoch, err
         train(RunConfig(), out, resume=True)
@@ -143,13 +135,13 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_stays(
     out = tmp_path / "run"
     monkeypatch.setattr(ckpt, "os", _Disk(errno.ENOSPC, at))
     with pytest.raises(DiskError) as e:
-        train(_cfg(), out)
+        train(small_config(), out)
     msg = str(e.value)
     assert "\n" not in msg and "No space left on device" in msg
     monkeypatch.undo()
     if "nothing was kept" in msg:  # the first save failed: nothing blocks the rerun
         assert not out.exists()
-        train(_cfg(), out)
+        train(small_config(), out)
     else:
         assert _kept_epoch(msg) == load_state(out / "train_state.pt").epoch, msg
         load_run(out)
@@ -187,7 +179,7 @@ def test_a_read_only_run_directory_is_one_line_and_keeps_the_checkpoint(
     monkeypatch.setattr(train_mod, "save_state", save_then_freeze)
     try:
         with pytest.raises(DiskError) as e:
-            train(_cfg(), out)
+            train(small_config(), out)
     finally:
         os.chmod(out, 0o755)
     monkeypatch.undo()

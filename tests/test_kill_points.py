@@ -8,21 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from killing import PHASES, count_writes, in_child
+from killing import PHASES, count_writes, in_child, small_config
 from safetensors.torch import load_file
 
 from lstmkit.checkpoint import load_run, load_state
 from lstmkit.config import RunConfig
 from lstmkit.errors import RunDirError
 from lstmkit.train import train
-
-
-def _cfg(seed: int = 0) -> RunConfig:
-    cfg = RunConfig()
-    cfg.train.device = "cpu"  # the tests fork; a forked child cannot use CUDA its parent began
-    cfg.train.epochs, cfg.train.seed, cfg.train.checkpoint_every = 3, seed, 0.0
-    cfg.data.num_train, cfg.data.num_val, cfg.model.hidden_size = 48, 16, 6
-    return cfg
 
 
 def _recover(out, cfg, overwrite=False) -> str:
@@ -57,18 +49,18 @@ def _assert_same_run(ref, out):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("ref")
-    writes = count_writes(lambda: train(_cfg(), root / "run"))
+    writes = count_writes(lambda: train(small_config(), root / "run"))
     return root / "run", writes
 
 
 def _kill_new_run_then_recover(tmp_path, reference, write, phase):
     ref, _ = reference
     out = tmp_path / "run"
-    code, err = in_child(lambda: train(_cfg(), out), write=write, phase=phase)
+    code, err = in_child(lambda: train(small_config(), out), write=write, phase=phase)
     assert code == 137, err
     if (out / "train_state.pt").exists():
         load_run(out)  # whatever instant the kill hit, a committed run loads
-    _recover(out, _cfg())
+    _recover(out, small_config())
     _assert_same_run(ref, out)
 
 
@@ -90,20 +82,20 @@ def test_kill_at_every_write_then_resume(tmp_path_factory, reference):
 
 def _old_run(tmp_path):
     out = tmp_path / "run"
-    train(_cfg(seed=7), out)
+    train(small_config(seed=7), out)
     return out, (out / "model.safetensors").read_bytes()
 
 
 @pytest.mark.parametrize("at", ["before", "after"])
 def test_kill_around_the_overwrite_swap(tmp_path, reference, at):
     out, old = _old_run(tmp_path)
-    code, err = in_child(lambda: train(_cfg(), out, overwrite=True), at_exchange=at)
+    code, err = in_child(lambda: train(small_config(), out, overwrite=True), at_exchange=at)
     assert code == 137, err
     now = (out / "model.safetensors").read_bytes()
     assert now == (old if at == "before" else (reference[0] / "model.safetensors").read_bytes())
     load_run(out)  # the old run or the new one: never a mix, never missing
     if at == "before":
-        train(_cfg(), out, overwrite=True)  # the same command again
+        train(small_config(), out, overwrite=True)  # the same command again
     else:
         train(RunConfig(), out, resume=True)  # any later writer clears the old run away
     _assert_same_run(reference[0], out)
@@ -127,10 +119,10 @@ def test_kill_between_the_two_renames_of_a_swap_without_exchange(tmp_path, refer
     def child():
         rundir.exchange = lambda a, b: False
         os.rename = rename_then_die
-        train(_cfg(), out, overwrite=True)
+        train(small_config(), out, overwrite=True)
 
     code, err = in_child(child)
     assert code == 137, err
     assert not out.exists()
-    assert _recover(out, _cfg()) == "resumed"
+    assert _recover(out, small_config()) == "resumed"
     _assert_same_run(reference[0], out)

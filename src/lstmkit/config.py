@@ -17,12 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lstmkit.errors import ConfigError
-
-# Sizes and counts above these are refused with a message before anything is allocated: far
-# beyond what one machine trains, and small enough that products of them stay in int64.
-MAX_SIZE = 1 << 20  # hidden, embedding, window length, horizon, period, batch
-MAX_COUNT = 1 << 31  # windows per split, epochs, rows
-MAX_SEED = (1 << 32) - 1
+from lstmkit.limits import MAX_COUNT, MAX_SIZE, MAX_TRAIN_SEED
 
 
 def opt(
@@ -162,7 +157,7 @@ class TrainConfig:
     patience: int = opt(0, low=0, high=MAX_COUNT)  # epochs without improvement; 0 = never
     max_time: float = opt(0.0, low=0.0)  # seconds of training before stopping; 0 = no limit
     checkpoint_every: float = opt(2.0, low=0.0)  # seconds between checkpoints; 0 = every epoch
-    seed: int = opt(0, low=0, high=MAX_SEED)
+    seed: int = opt(0, low=0, high=MAX_TRAIN_SEED)
     device: str = opt("auto", choices=("auto", "cpu", "cuda"))
 
 

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from lstmkit import metrics
-from lstmkit.config import MAX_SIZE, SECTIONS, RunConfig, check_new_run, short, validate
+from lstmkit.config import SECTIONS, RunConfig, check_new_run, short, validate
 from lstmkit.errors import ConfigError, RunDirError
+from lstmkit.limits import MAX_SIZE
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from lstmkit import timeseries as ts
 from lstmkit.errors import ConfigError, DataError
+from lstmkit.limits import FLOAT32_MAX
 
 BUILTIN = "airline_passengers.csv"
 
@@ -232,7 +233,6 @@ def _fill(cols, raw_dates, fill: str):
 
 
 FILL_HINT = "pass --fill ffill, interpolate or drop"
-FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _rows(reader):
