@@ -120,12 +120,12 @@ def test_native_small_batch_loops_float64(B, H, P):
     ext, threads = native.load(), torch.get_num_threads()
     try:
         for par_min in (1 << 62, 0):  # one thread, then split over two
-            ext.set_tuning(8, par_min, False)
+            ext.set_tuning(8, par_min, False, 0)
             torch.set_num_threads(1 if par_min else 2)
             got = _run_and_grad(native, args, lens, True)
             torch.testing.assert_close(got, want, **TOL[torch.float64])
     finally:
-        ext.set_tuning(16, 1 << 16, True)
+        ext.set_tuning(16, 1 << 16, True, 2)
         torch.set_num_threads(threads)
 
 
@@ -373,3 +373,34 @@ def test_missing_compiler_is_named_before_any_build(monkeypatch, capsys, tmp_pat
     with pytest.raises(lstmkit.BackendError, match="'native'.*no-such-c\\+\\+.*not on PATH"):
         native.prepare()
     assert capsys.readouterr().err == ""  # no "building" line: nothing was built
+
+
+@pytest.mark.parametrize("B,H", [(2, 16), (5, 20), (7, 64), (13, 70), (16, 130)])
+@pytest.mark.parametrize("lengths,reverse", [("none", False), ("unsorted", True)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_tiles_float32(B, H, lengths, reverse, threads):
+    """float32 from B = 2 takes the register tiles (tiles.h) on AVX-512 CPUs and BLAS
+    elsewhere: against the float64 reference, forward and every gradient. The sizes cover
+    one and several row blocks (at most 6 rows each), unit counts that are not a multiple
+    of the panels' 16 (forward) or 64 (backward), and several panels; one thread, then two
+    splitting every step."""
+    args = _args(6, B, 5, H, 0, True, torch.float64, seed=B + H)
+    lens = _lengths(lengths, 6, B, seed=B)
+    want = _run_and_grad(reference, args, lens, reverse)
+    args32 = [None if a is None else a.detach().float().requires_grad_(a.requires_grad) for a in args]
+    ext, old = native.load(), torch.get_num_threads()
+    try:
+        ext.set_tuning(16, 1 << 62 if threads == 1 else 0, True, 2)
+        torch.set_num_threads(threads)
+        assert native.NativeLoops(ext)._pack(args32[4], B, True) is not None or not _avx512()
+        got = _run_and_grad(native, args32, lens, reverse)
+    finally:
+        ext.set_tuning(16, 1 << 16, True, 2)
+        torch.set_num_threads(old)
+    want32 = [[t.float() for t in part] for part in want]
+    torch.testing.assert_close(got, want32, **TOL[torch.float32])
+
+
+def _avx512() -> bool:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return " avx512f " in flags

@@ -63,20 +63,29 @@ class Loops(Protocol):
     def norm_rows_backward(self, dy, gain, vhat, rstd):
         """(dv, dgain) from dy, the gradient of norm_rows' output."""
 
+    def mm(self, a, b, bias=None, reuse=False):
+        """a (M, K) @ b (K, N) (+ bias (N,)): the big products outside the time loop. ``reuse``:
+        b is a weight that the same call multiplies again (inference chunks), so a backend
+        that repacks it may keep the packed copy."""
 
-def input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
+
+def mm(a: Tensor, b: Tensor, bias: Tensor | None = None, reuse: bool = False) -> Tensor:
+    """Loops.mm for the backends that leave the big products to torch (BLAS)."""
+    return torch.mm(a, b) if bias is None else torch.addmm(bias, a, b)
+
+
+def input_projection(loops, x: Tensor, w_ih: Tensor, b_ih, b_hh) -> Tensor:
     """x (T, B, I) -> x·W_ih^T + b_ih + b_hh as (T, B, 4H), one GEMM for every step."""
     T, B, I = x.shape
-    x2 = x.reshape(T * B, I)
-    xg = torch.mm(x2, w_ih.t()) if b_ih is None else torch.addmm(b_ih + b_hh, x2, w_ih.t())
-    return xg.view(T, B, -1)
+    bias = None if b_ih is None else b_ih + b_hh
+    return loops.mm(x.reshape(T * B, I), w_ih.t(), bias, reuse=True).view(T, B, -1)
 
 
 def normed_projection(loops, x, w_ih, b_ih, b_hh, g_ih, save: bool):
     """Layer norm's input projection: LN(x·W_ih^T)·g_ih + b_ih + b_hh as (T, B, 4H), with the
     normalised projection and its 1/std for the backward (None unless ``save``)."""
     T, B, I = x.shape
-    raw = torch.mm(x.reshape(T * B, I), w_ih.t()).view(T, B, -1)
+    raw = loops.mm(x.reshape(T * B, I), w_ih.t(), reuse=True).view(T, B, -1)
     shift = None if b_ih is None else b_ih + b_hh
     return loops.norm_rows(raw, g_ih, shift, save)
 
@@ -84,7 +93,7 @@ def normed_projection(loops, x, w_ih, b_ih, b_hh, g_ih, save: bool):
 def _project(loops, x, w_ih, b_ih, b_hh, ex) -> Tensor:
     """The input projection for inference (layer norm applied when the variant has it)."""
     if ex is None or ex.layer_norm is None:
-        return input_projection(x, w_ih, b_ih, b_hh)
+        return input_projection(loops, x, w_ih, b_ih, b_hh)
     return normed_projection(loops, x, w_ih, b_ih, b_hh, ex.layer_norm[0], False)[0]
 
 
@@ -194,7 +203,7 @@ def forward_train(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths
     dicts, as this is eager training's path); ``x`` must be contiguous."""
     xhat = rstd = None
     if ex is None or ex.layer_norm is None:
-        xg = input_projection(x, w_ih, b_ih, b_hh)
+        xg = input_projection(loops, x, w_ih, b_ih, b_hh)
     else:
         xg, xhat, rstd = normed_projection(loops, x, w_ih, b_ih, b_hh, ex.layer_norm[0], True)
     mask = time_mask(lengths, x.size(0), x.device)
@@ -235,9 +244,9 @@ def backward_train(loops: Loops, x, w_ih, w_hh, w_hr, state, dout, dh_n, dc_n, n
     if xhat is not None:
         dxg, dg_ih = loops.norm_rows_backward(dG, ex.layer_norm[0], xhat, rstd)
         dxg = dxg.view(T * B, -1)
-    dx = torch.mm(dxg, w_ih).view(T, B, I) if needs[0] else None
-    dw_ih = torch.mm(dxg.t(), x.view(T * B, I)) if needs[3] else None
-    dw_hh = torch.mm(dgh.t(), hprev.reshape(T * B, -1)) if needs[4] else None
+    dx = loops.mm(dxg, w_ih).view(T, B, I) if needs[0] else None
+    dw_ih = loops.mm(dxg.t(), x.view(T * B, I)) if needs[3] else None
+    dw_hh = loops.mm(dgh.t(), hprev.reshape(T * B, -1)) if needs[4] else None
     db = dG2.sum(0) if has_bias and (needs[5] or needs[6]) else None
     dw_hr = None
     if w_hr is not None and needs[7]:

@@ -30,6 +30,7 @@ class _PythonLoops:
     """The per-step recurrences as a Python loop over in-place torch ops."""
 
     name = "fused"  # for lstmkit::lstm_layer (see ._ops)
+    mm = staticmethod(_bptt.mm)
 
     @staticmethod
     def forward(xg, h0, c0, w_hh, w_hr, mask, reverse, save, ex=None):

@@ -30,6 +30,7 @@ from lstmkit.backends import _bptt, lacking
 from lstmkit.errors import BackendError
 
 _SOURCE = Path(__file__).with_name("lstm_native.cpp")
+_HEADERS = (Path(__file__).with_name("tiles.h"),)  # included by the source
 _DTYPES = (torch.float32, torch.float64)
 # The variants the C++ loops run (see lstmkit.variants); the others are refused by name.
 _FEATURES = frozenset(
@@ -73,7 +74,8 @@ def _name() -> str:
     new torch or Python, or another CPU builds afresh instead of loading a stale binary; and
     of the source's path, so that two checkouts sharing one cache do not rebuild each other's
     (the build file names the source, and ninja rebuilds when that line changes)."""
-    parts = [_SOURCE.read_text(), str(_SOURCE), *_FLAGS, torch.__version__, sys.version]
+    texts = [f.read_text() for f in (_SOURCE, *_HEADERS)]
+    parts = [*texts, str(_SOURCE), *_FLAGS, torch.__version__, sys.version]
     key = "\n".join([*parts, _cpu_flags()])
     return "lstmkit_native_" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -197,6 +199,31 @@ class NativeLoops:
 
     def __init__(self, ext):
         self.ext = ext
+        self._packed = {}  # weights packed for the C++ tiles, once per layer call
+        self._tiles = ext is not None and ext.has_tiles()
+
+    def _pack(self, w_hh, batch: int, backward: bool):
+        """W_hh in the tiles' layout (None where the tiles do not apply), packed once for all
+        the chunks of an inference call and once for the backward."""
+        key = (backward, batch, w_hh.data_ptr(), w_hh._version)
+        if key not in self._packed:
+            self._packed[key] = self.ext.pack(w_hh, batch, backward)
+        return self._packed[key]
+
+    def mm(self, a, b, bias=None, reuse=False):
+        """a @ b (+ bias) on the C++ tiles for float32 products big enough to pay for packing
+        b (with ``reuse``, packed once per layer call); torch (BLAS) otherwise."""
+        M, K = a.shape
+        N = b.shape[1]
+        if not (self._tiles and a.dtype == torch.float32 and M >= 16 and M * N * K >= 1 << 18):
+            return _bptt.mm(a, b, bias)
+        key = ("rhs", b.data_ptr(), b._version, tuple(b.shape), tuple(b.stride()))
+        packed = self._packed.get(key) if reuse else None
+        if packed is None:
+            packed = self.ext.pack_rhs(b)
+            if reuse:
+                self._packed[key] = packed
+        return self.ext.mm_packed(a, packed, N, bias)
 
     def forward(self, xg, h0, c0, w_hh, w_hr, mask, reverse, save, ex=None):
         w_hr = _contig(w_hr)
@@ -208,17 +235,20 @@ class NativeLoops:
                 return res[0], res[1], None, None, None, {}
             aux = {k: t for k, t in zip(_AUX, res[5:], strict=True) if t is not None}
             return (*res[:5], aux)
-        res = self.ext.forward(xg, h0, c0, w_hh.contiguous(), w_hr, mask, reverse, save)
+        w_hh = w_hh.contiguous()
+        packed = None if w_hr is not None else self._pack(w_hh, xg.shape[1], False)
+        res = self.ext.forward(xg, h0, c0, w_hh, w_hr, mask, reverse, save, packed)
         if not save:
             return res[0], res[1], None, None, None
         return tuple(res)
 
     def backward(self, dout, dh_n, dc_n, gates, cbuf, tc, r, w_hh, w_hr, mask, reverse, ex=None,
                  aux=None, dcs=None):  # fmt: skip
-        dh_n, dc_n, w_hr = _contig(dh_n), _contig(dc_n), _contig(w_hr)
-        args = (dout, dh_n, dc_n, gates, cbuf, tc, w_hh.contiguous(), w_hr, mask, reverse)
+        dh_n, dc_n, w_hr, w_hh = _contig(dh_n), _contig(dc_n), _contig(w_hr), w_hh.contiguous()
+        args = (dout, dh_n, dc_n, gates, cbuf, tc, w_hh, w_hr, mask, reverse)
         if ex is None:
-            return tuple(self.ext.backward(*args, _contig(dcs)))
+            packed = None if w_hr is not None else self._pack(w_hh, gates.shape[1], True)
+            return tuple(self.ext.backward(*args, _contig(dcs), packed))
         saved = [aux.get(k) for k in _AUX]
         dG, dht, dh, dc, *grads = self.ext.backward_var(
             *args, *_variant_args(ex), *saved, _contig(dcs)

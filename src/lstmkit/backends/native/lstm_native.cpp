@@ -16,6 +16,10 @@
 #include <cstring>
 #include <vector>
 
+#include <omp.h>
+
+#include "tiles.h"
+
 // BLAS from the libraries torch already loads (MKL on x86 wheels). Weak, so that a torch
 // built without them still loads this module and falls back to at::mm_out.
 extern "C" {
@@ -304,16 +308,17 @@ inline T tanh_(T x) {
   }
 }
 
-// One row of the forward step: activate the gates in place, c' = f c + i g,
-// tc = tanh(c'), hr = o tc (the h before projection).
+// n units of one row of the forward step: activate the gates in place, c' = f c + i g,
+// tc = tanh(c'), hr = o tc (the h before projection). The gates i, f, g, o of unit j are
+// g[j], g[H + j], g[2H + j], g[3H + j] (g may point into the middle of a row).
 template <typename T>
-void gates_forward(int H, T* __restrict g, const T* __restrict c, T* __restrict c_new,
+void gates_forward(int n, int H, T* __restrict g, const T* __restrict c, T* __restrict c_new,
                    T* __restrict tc, T* __restrict hr) {
   T* __restrict gi = g;
   T* __restrict gf = g + H;
   T* __restrict gg = g + 2 * H;
   T* __restrict go = g + 3 * H;
-  for (int j = 0; j < H; ++j) {
+  for (int j = 0; j < n; ++j) {
     const T i = sigmoid(gi[j]), f = sigmoid(gf[j]), z = tanh_(gg[j]), o = sigmoid(go[j]);
     gi[j] = i;
     gf[j] = f;
@@ -327,17 +332,18 @@ void gates_forward(int H, T* __restrict g, const T* __restrict c, T* __restrict 
   }
 }
 
-// One row of the backward step: from dr = dL/d(o tanh c') and the carried dc, the
-// pre-activation gate gradients dg, and dc for the previous step (in place).
+// n units of one row of the backward step: from dr = dL/d(o tanh c') and the carried dc,
+// the pre-activation gate gradients dg, and dc for the previous step (in place). g and dg
+// are laid out as in gates_forward.
 template <typename T>
-void gates_backward(int H, const T* __restrict g, const T* __restrict c_prev,
+void gates_backward(int n, int H, const T* __restrict g, const T* __restrict c_prev,
                     const T* __restrict tc, const T* __restrict dr, T* __restrict dc,
                     T* __restrict dg) {
   const T* __restrict gi = g;
   const T* __restrict gf = g + H;
   const T* __restrict gg = g + 2 * H;
   const T* __restrict go = g + 3 * H;
-  for (int j = 0; j < H; ++j) {
+  for (int j = 0; j < n; ++j) {
     const T i = gi[j], f = gf[j], z = gg[j], o = go[j], t = tc[j], d = dr[j];
     const T dcj = dc[j] + d * o * (T(1) - t * t);
     dg[j] = dcj * z * i * (T(1) - i);
@@ -390,7 +396,7 @@ void forward_impl(T* xg, T* hbuf, T* cbuf, T* tc, T* r, const T* w_hh, const T* 
     if (n > 0) mm_nt<T>(n, G, P, hp, w_hh, g, true);  // g += h W_hh^T
     for (int b = 0; b < B; ++b) {
       if (b < n && st.live(t, b)) {
-        gates_forward(H, g + b * G, cp + b * H, cn + b * H, tct + b * H, rt + b * H);
+        gates_forward(H, H, g + b * G, cp + b * H, cn + b * H, tct + b * H, rt + b * H);
       } else {  // no step t for this sequence: keep its state
         std::memcpy(cn + b * H, cp + b * H, sizeof(T) * H);
         if (proj) {
@@ -453,7 +459,7 @@ void backward_impl(const T* dout, T* dh, T* dc, const T* gates, const T* cbuf, c
     const T* dr = proj ? projection_backward(dh, dht, w_hr, st, t, n, H, P, dr_buf) : dh;
     for (int b = 0; b < B; ++b) {
       if (b < n && st.live(t, b)) {
-        gates_backward(H, g + b * G, cp + b * H, tct + b * H, dr + b * H, dc + b * H,
+        gates_backward(H, H, g + b * G, cp + b * H, tct + b * H, dr + b * H, dc + b * H,
                        dg + b * G);
       } else {
         std::fill(dg + b * G, dg + (b + 1) * G, T(0));
@@ -470,6 +476,220 @@ void backward_impl(const T* dout, T* dh, T* dc, const T* gates, const T* cbuf, c
   }
 }
 
+// ---- Tiled steps (float32, AVX-512, no projection; see tiles.h) ---------------------------
+// The same recurrences as forward_impl / backward_impl, with the per-step product done by
+// register tiles over weights packed once per call, and each tile's columns finished (gate
+// math, state update) right after it. One parallel region spans the whole time loop: the
+// threads split the tiles of a step and meet at a barrier before the next step, instead of
+// a parallel region per step. Dead rows (lengths) are handled as in the loops above.
+
+int g_tile_min = 2;  // the least batch that takes the tiles (set_tuning); 0: never
+
+// Threads worth waking for a step of this many multiply-adds.
+int step_threads(int64_t work) {
+  return work >= g_par_min ? std::max(1, at::get_num_threads()) : 1;
+}
+
+// Rows [r0, r1) of one forward tile, columns = units [j0, j0 + nu) of all four gates.
+struct FwdStep {
+  float *g, *cn, *tct, *hn;
+  const float *cp, *hp;
+  int t, n, H;
+};
+
+void forward_tile(const FwdStep& f, const Steps& st, const float* panel, int r0, int r1, int j0,
+                  float* out) {
+  const int H = f.H, G = 4 * H, nu = std::min(tiles::kGateUnits, H - j0);
+  const int prod = std::min(r1, f.n) - r0;
+  if (prod > 0) tiles::tile_rows(prod, H, f.hp + (int64_t)r0 * H, H, panel, out);
+  for (int b = r0; b < r1; ++b) {
+    const int64_t o = (int64_t)b * H + j0;
+    if (b < f.n && st.live(f.t, b)) {
+      float* gb = f.g + (int64_t)b * G + j0;
+      const float* acc = out + (b - r0) * tiles::kCols;
+      for (int q = 0; q < 4; ++q)
+        for (int l = 0; l < nu; ++l) gb[q * H + l] += acc[q * tiles::kGateUnits + l];
+      gates_forward(nu, H, gb, f.cp + o, f.cn + o, f.tct + o, f.hn + o);
+    } else {  // no step t for this sequence: keep its state
+      std::memcpy(f.cn + o, f.cp + o, sizeof(float) * nu);
+      std::memcpy(f.hn + o, f.hp + o, sizeof(float) * nu);
+    }
+  }
+}
+
+void forward_tiled(float* xg, float* hbuf, float* cbuf, float* tc, const float* packed,
+                   const Steps& st, int H, bool save) {
+  const int B = st.B, G = 4 * H;
+  const tiles::RowBlocks rows(B);
+  const int items = tiles::gate_panels(H) * rows.n;
+#pragma omp parallel num_threads(step_threads((int64_t)B * G * H))
+  {
+    int lo, hi;
+    tiles::share(items, omp_get_thread_num(), omp_get_num_threads(), lo, hi);
+    alignas(64) float out[tiles::kMaxRows * tiles::kCols];
+    for (int s = 0; s < st.T; ++s) {
+      const int t = st.time(s);
+      FwdStep f;
+      f.t = t, f.n = st.rows[t], f.H = H;
+      f.hp = hbuf + (int64_t)st.read(t) * B * H;
+      f.hn = hbuf + (int64_t)st.write(t) * B * H;
+      f.cp = cbuf + (int64_t)(save ? st.read(t) : s % 2) * B * H;
+      f.cn = cbuf + (int64_t)(save ? st.write(t) : (s + 1) % 2) * B * H;
+      f.tct = save ? tc + (int64_t)t * B * H : tc;
+      f.g = xg + (int64_t)t * B * G;
+      for (int it = lo; it < hi; ++it) {
+        const int u = it / rows.n, rb = it % rows.n;
+        const float* panel = packed + (int64_t)u * H * tiles::kCols;
+        forward_tile(f, st, panel, rows.start(rb), rows.start(rb + 1), u * tiles::kGateUnits,
+                     out);
+      }
+#pragma omp barrier
+    }
+  }
+}
+
+// One backward tile: units [j0, j0 + nu) of rows [r0, r1). First dh = dG[tp] W_hh on the rows
+// live at tp (the step processed before, t + 1 in forward order), then, if t >= 0, the gate
+// gradients of step t for these units.
+struct BwdStep {
+  const float *dgp, *g, *cp, *tct, *dout, *dcs;
+  float *dg, *dh, *dc;
+  int t, tp, n, np, H;
+};
+
+void backward_tile(const BwdStep& k, const Steps& st, const float* panel, int r0, int r1, int j0,
+                   float* out) {
+  const int H = k.H, G = 4 * H, nu = std::min(tiles::kCols, H - j0);
+  const int prod = std::min(r1, k.np) - r0;
+  if (prod > 0) tiles::tile_rows(prod, G, k.dgp + (int64_t)r0 * G, G, panel, out);
+  for (int b = r0; b < r1; ++b) {
+    const int64_t o = (int64_t)b * H + j0;
+    float* dh = k.dh + o;
+    if (b < k.np && st.live(k.tp, b)) std::memcpy(dh, out + (b - r0) * tiles::kCols, 4 * nu);
+    if (k.t < 0) continue;
+    float* dg = k.dg + (int64_t)b * G + j0;
+    if (b < k.n && st.live(k.t, b)) {
+      if (k.dout)
+        for (int l = 0; l < nu; ++l) dh[l] += k.dout[o + l];
+      if (k.dcs)
+        for (int l = 0; l < nu; ++l) k.dc[o + l] += k.dcs[o + l];
+      gates_backward(nu, H, k.g + (int64_t)b * G + j0, k.cp + o, k.tct + o, dh, k.dc + o, dg);
+    } else {
+      for (int q = 0; q < 4; ++q) std::fill(dg + q * H, dg + q * H + nu, 0.0f);
+    }
+  }
+}
+
+void backward_tiled(const float* dout, float* dh, float* dc, const float* gates,
+                    const float* cbuf, const float* tc, float* dG, const float* packed,
+                    const Steps& st, int H, const float* dcs) {
+  const int B = st.B, G = 4 * H;
+  const tiles::RowBlocks rows(B);
+  const int items = tiles::unit_panels(H) * rows.n;
+#pragma omp parallel num_threads(step_threads((int64_t)B * G * H))
+  {
+    int lo, hi;
+    tiles::share(items, omp_get_thread_num(), omp_get_num_threads(), lo, hi);
+    alignas(64) float out[tiles::kMaxRows * tiles::kCols];
+    // s = -1 is the last product only: dh0 = dG[first step] W_hh.
+    for (int s = st.T - 1; s >= -1; --s) {
+      BwdStep k;
+      k.H = H, k.dh = dh, k.dc = dc;
+      k.t = s >= 0 ? st.time(s) : -1;
+      k.tp = s + 1 < st.T ? st.time(s + 1) : -1;
+      k.n = k.t >= 0 ? st.rows[k.t] : 0;
+      k.np = k.tp >= 0 ? st.rows[k.tp] : 0;
+      k.dgp = k.tp >= 0 ? dG + (int64_t)k.tp * B * G : nullptr;
+      const int64_t tt = k.t >= 0 ? k.t : 0;
+      k.g = gates + tt * B * G;
+      k.dg = dG + tt * B * G;
+      k.cp = cbuf + (int64_t)(k.t >= 0 ? st.read(k.t) : 0) * B * H;
+      k.tct = tc + tt * B * H;
+      k.dout = dout ? dout + tt * B * H : nullptr;
+      k.dcs = dcs ? dcs + tt * B * H : nullptr;
+      for (int it = lo; it < hi; ++it) {
+        const int u = it / rows.n, rb = it % rows.n;
+        const float* panel = packed + (int64_t)u * G * tiles::kCols;
+        backward_tile(k, st, panel, rows.start(rb), rows.start(rb + 1), u * tiles::kCols, out);
+      }
+#pragma omp barrier
+    }
+  }
+}
+
+// B (K, N), float32 of any strides, packed for mm_packed (kept by callers that reuse B).
+at::Tensor pack_rhs(const at::Tensor& b) {
+  TORCH_CHECK(tiles::kAvailable && b.scalar_type() == at::kFloat && b.dim() == 2,
+              "native pack_rhs: a float32 matrix on an AVX-512 CPU");
+  const int K = b.size(0), N = b.size(1);
+  const int np = (N + tiles::kCols - 1) / tiles::kCols, kb = (K + tiles::kDepth - 1) / tiles::kDepth;
+  at::Tensor packed = at::empty({(int64_t)K * np * tiles::kCols}, b.options());
+  const float* pb = b.data_ptr<float>();
+  float* pp = packed.data_ptr<float>();
+  const int64_t sk = b.stride(0), sn = b.stride(1);
+  pybind11::gil_scoped_release no_gil;
+#pragma omp parallel for schedule(static) num_threads(step_threads((int64_t)K * N))
+  for (int i = 0; i < kb; ++i) tiles::pack_b(pb, sk, sn, K, N, i * tiles::kDepth, pp);
+  return packed;
+}
+
+// C = A B (+ bias) on the tiles, B packed by pack_rhs with N columns; A float32 (M, K) with a
+// unit stride either way (a transposed view needs no copy).
+at::Tensor mm_packed(at::Tensor a, const at::Tensor& packed, int64_t N,
+                     const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(tiles::kAvailable && a.scalar_type() == at::kFloat && a.dim() == 2,
+              "native mm: float32 (M, K) @ (K, N) on an AVX-512 CPU");
+  if (a.stride(1) != 1 && a.stride(0) != 1) a = a.contiguous();
+  const bool at_ = a.stride(1) != 1;  // stored transposed
+  const int M = a.size(0), K = a.size(1);
+  const int lda = at_ ? a.stride(1) : a.stride(0);
+  const int np = (N + tiles::kCols - 1) / tiles::kCols;
+  TORCH_CHECK(packed.numel() == (int64_t)K * np * tiles::kCols, "native mm: packed size");
+  at::Tensor c = at::empty({M, N}, a.options());
+  at::Tensor bc = bias ? bias->contiguous() : at::Tensor();
+  const float *pa = a.data_ptr<float>(), *pp = packed.data_ptr<float>();
+  const float* pbias = bias ? bc.data_ptr<float>() : nullptr;
+  float* pc = c.data_ptr<float>();
+  const int chunks = (M + tiles::kChunk - 1) / tiles::kChunk;
+  const int nt = step_threads((int64_t)M * N * K / 16);
+  // Few chunks of rows (a short input): split the panels too, so every thread has work.
+  const int groups = chunks >= 2 * nt ? 1 : std::min(np, (2 * nt + chunks - 1) / chunks);
+  pybind11::gil_scoped_release no_gil;
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int it = 0; it < chunks * groups; ++it) {
+    const int ch = it / groups, gr = it % groups;
+    const int m0 = ch * tiles::kChunk, m1 = std::min(M, m0 + tiles::kChunk);
+    const int u0 = (int)((int64_t)np * gr / groups), u1 = (int)((int64_t)np * (gr + 1) / groups);
+    if (at_) {
+      tiles::mm_block<true>(pa, lda, pp, pbias, pc, K, N, m0, m1, u0, u1);
+    } else {
+      tiles::mm_block<false>(pa, lda, pp, pbias, pc, K, N, m0, m1, u0, u1);
+    }
+  }
+  return c;
+}
+
+// Whether mm_packed runs on this machine (float32 only; the caller checks the dtype).
+bool has_tiles() { return tiles::kAvailable && g_tile_min > 0; }
+
+// The packed weight for the tiles, or an undefined tensor where they do not apply: another
+// dtype, a projection, a CPU without AVX-512, or fewer than g_tile_min batch rows.
+at::Tensor pack(const at::Tensor& w_hh, int64_t B, bool backward) {
+  const int64_t G = w_hh.size(0), H = G / 4, P = w_hh.size(1);
+  if (!tiles::kAvailable || g_tile_min <= 0 || B < g_tile_min || P != H ||
+      w_hh.scalar_type() != at::kFloat)
+    return at::Tensor();
+  const at::Tensor w = w_hh.contiguous();
+  const int64_t panels = backward ? tiles::unit_panels(P) * G : tiles::gate_panels(H) * P;
+  at::Tensor out = at::empty({panels * tiles::kCols}, w.options());
+  if (backward) {
+    tiles::pack_units(w.data_ptr<float>(), H, P, out.data_ptr<float>());
+  } else {
+    tiles::pack_gates(w.data_ptr<float>(), H, P, out.data_ptr<float>());
+  }
+  return out;
+}
+
 template <typename T>
 const T* ptr_or_null(const c10::optional<at::Tensor>& t) {
   return t ? t->data_ptr<T>() : nullptr;
@@ -478,7 +698,7 @@ const T* ptr_or_null(const c10::optional<at::Tensor>& t) {
 // See Loops.forward in _bptt.py. xg (T, B, 4H) is overwritten with the activated gates.
 std::vector<at::Tensor> forward(at::Tensor xg, at::Tensor h0, at::Tensor c0, at::Tensor w_hh,
                                 c10::optional<at::Tensor> w_hr, c10::optional<at::Tensor> mask,
-                                bool reverse, bool save) {
+                                bool reverse, bool save, c10::optional<at::Tensor> packed) {
   TORCH_CHECK(xg.is_contiguous() && w_hh.is_contiguous(), "native: expects contiguous tensors");
   const int T = xg.size(0), B = xg.size(1), H = xg.size(2) / 4, P = w_hh.size(1);
   const auto opt = xg.options();
@@ -491,7 +711,10 @@ std::vector<at::Tensor> forward(at::Tensor xg, at::Tensor h0, at::Tensor c0, at:
   if (w_hr) r = at::empty({save ? T : 1, B, H}, opt);
   Steps st(T, B, reverse, mask);
   pybind11::gil_scoped_release no_gil;  // plain loops and BLAS from here on: let Python run
-  AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "lstm_native_forward", [&] {
+  if (packed && packed->defined() && !w_hr) {  // from pack(): float32, no projection
+    forward_tiled(xg.data_ptr<float>(), hbuf.data_ptr<float>(), cbuf.data_ptr<float>(),
+                  tc.data_ptr<float>(), packed->data_ptr<float>(), st, H, save);
+  } else AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "lstm_native_forward", [&] {
     forward_impl<scalar_t>(xg.data_ptr<scalar_t>(), hbuf.data_ptr<scalar_t>(),
                            cbuf.data_ptr<scalar_t>(), tc.data_ptr<scalar_t>(),
                            w_hr ? r.data_ptr<scalar_t>() : nullptr, w_hh.data_ptr<scalar_t>(),
@@ -508,7 +731,8 @@ std::vector<at::Tensor> backward(c10::optional<at::Tensor> dout, c10::optional<a
                                  c10::optional<at::Tensor> dc_n, at::Tensor gates,
                                  at::Tensor cbuf, at::Tensor tc, at::Tensor w_hh,
                                  c10::optional<at::Tensor> w_hr, c10::optional<at::Tensor> mask,
-                                 bool reverse, c10::optional<at::Tensor> dcs) {
+                                 bool reverse, c10::optional<at::Tensor> dcs,
+                                 c10::optional<at::Tensor> packed) {
   const int T = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, P = w_hh.size(1);
   const auto opt = gates.options();
   at::Tensor dG = at::empty({T, B, 4 * H}, opt);
@@ -518,7 +742,12 @@ std::vector<at::Tensor> backward(c10::optional<at::Tensor> dout, c10::optional<a
   at::Tensor dr_buf = at::empty({B, H}, opt), dh_buf = at::empty({B, P}, opt);
   Steps st(T, B, reverse, mask);
   pybind11::gil_scoped_release no_gil;
-  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_native_backward", [&] {
+  if (packed && packed->defined() && !w_hr) {  // from pack(): float32, no projection
+    backward_tiled(dout ? dout->data_ptr<float>() : nullptr, dh.data_ptr<float>(),
+                   dc.data_ptr<float>(), gates.data_ptr<float>(), cbuf.data_ptr<float>(),
+                   tc.data_ptr<float>(), dG.data_ptr<float>(), packed->data_ptr<float>(), st, H,
+                   dcs ? dcs->data_ptr<float>() : nullptr);
+  } else AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_native_backward", [&] {
     backward_impl<scalar_t>(ptr_or_null<scalar_t>(dout), dh.data_ptr<scalar_t>(),
                             dc.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
                             cbuf.data_ptr<scalar_t>(), tc.data_ptr<scalar_t>(),
@@ -1106,12 +1335,14 @@ std::vector<at::Tensor> norm_rows_backward(at::Tensor dy, at::Tensor gain, at::T
 }
 
 // For measuring and tests: the batch up to which the handwritten loops may run (0: BLAS
-// always), the work per step from which they use the intra-op threads, and whether the
-// batch limit also depends on the weight's size (small_batch).
-void set_tuning(int small_b, int64_t par_min, bool by_size) {
+// always), the work per step from which they use the intra-op threads, whether the
+// batch limit also depends on the weight's size (small_batch), and the least batch that
+// takes the tiles (0: never).
+void set_tuning(int small_b, int64_t par_min, bool by_size, int tile_min) {
   g_small_b = small_b;
   g_par_min = par_min;
   g_by_size = by_size;
+  g_tile_min = tile_min;
 }
 
 }  // namespace
@@ -1123,5 +1354,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward_var", &backward_var, "LSTM backward recurrence with variants");
   m.def("norm_rows", &norm_rows, "layer norm of rows, in place");
   m.def("norm_rows_backward", &norm_rows_backward, "backward of norm_rows");
-  m.def("set_tuning", &set_tuning, "small-batch threshold and parallel work threshold");
+  m.def("set_tuning", &set_tuning, "small-batch, parallel-work and tile thresholds");
+  m.def("pack_rhs", &pack_rhs, "float32 B packed for mm_packed");
+  m.def("mm_packed", &mm_packed, "float32 A @ B (+ bias) on the register tiles");
+  m.def("has_tiles", &has_tiles, "whether the register tiles run here (AVX-512, not disabled)");
+  m.def("pack", &pack, "W_hh packed for the tiled forward or backward steps, or undefined");
 }

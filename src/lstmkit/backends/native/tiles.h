@@ -1,0 +1,186 @@
+// Register tiles for the per-step recurrent products, float32 on AVX-512 CPUs.
+//
+// Each step of an LSTM multiplies a few rows (the batch) by the same weight W_hh, T times.
+// BLAS treats every step as a new, unknown GEMM: it packs its operands again and, on AMD
+// CPUs, MKL runs its AVX2 code (half the FMA width the core has). Here the weight is packed
+// once per call into panels laid out for the inner loop, and one tile computes up to kMaxRows
+// batch rows by kCols = 64 columns with all 4 x kMaxRows accumulators in registers. The caller
+// owns the columns of a tile, so it can finish them at once (the gate math, while they are
+// in L1) instead of in a second pass over the whole (B, 4H) gate buffer.
+//
+// Panels (built by pack_gates / pack_units below):
+//   forward : panel u holds units [16u, 16u+16) of all four gates, 16 per gate, so a
+//             tile's 64 columns are i, f, g, o of the same 16 hidden units (K = P);
+//   backward: panel u holds units [64u, 64u+64) of dG W_hh's output (K = 4H).
+// Rows of a panel are k-major: panel[k * 64 + col]. Units past H are zero columns.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+namespace tiles {
+
+#if defined(__AVX512F__)
+constexpr bool kAvailable = true;
+#else
+constexpr bool kAvailable = false;  // 512-bit vectors would be split and spill: use BLAS
+#endif
+
+constexpr int kCols = 64;    // columns of a tile: four 16-float vectors
+constexpr int kMaxRows = 6;  // 24 accumulators + 4 weight vectors + 1 broadcast of 32 registers
+constexpr int kGateUnits = kCols / 4;  // hidden units per forward panel
+
+typedef float v16 __attribute__((vector_size(64)));
+
+inline v16 load(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// out[r, 0:64] = sum_k a(r, k) panel[k, 0:64] for r < R, where a(r, k) = a[r * lda + k], or
+// a[k * lda + r] with AT (A stored transposed: the weight gradients' dG^T).
+template <int R, bool AT = false>
+inline void tile(int K, const float* __restrict a, int lda, const float* __restrict panel,
+                 float* __restrict out) {
+  v16 acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int q = 0; q < 4; ++q) acc[r][q] = v16{};
+  for (int k = 0; k < K; ++k) {
+    const float* w = panel + (int64_t)k * kCols;
+    const v16 w0 = load(w), w1 = load(w + 16), w2 = load(w + 32), w3 = load(w + 48);
+    for (int r = 0; r < R; ++r) {
+      const int64_t at = AT ? (int64_t)k * lda + r : (int64_t)r * lda + k;
+      const v16 x = v16{} + a[at];  // one broadcast, feeds four FMAs
+      acc[r][0] += x * w0;
+      acc[r][1] += x * w1;
+      acc[r][2] += x * w2;
+      acc[r][3] += x * w3;
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int q = 0; q < 4; ++q) std::memcpy(out + r * kCols + q * 16, &acc[r][q], 64);
+}
+
+// The tile for R rows (0 < R <= kMaxRows), chosen at run time.
+template <bool AT = false>
+inline void tile_rows(int R, int K, const float* a, int lda, const float* panel, float* out) {
+  switch (R) {
+    case 1: return tile<1, AT>(K, a, lda, panel, out);
+    case 2: return tile<2, AT>(K, a, lda, panel, out);
+    case 3: return tile<3, AT>(K, a, lda, panel, out);
+    case 4: return tile<4, AT>(K, a, lda, panel, out);
+    case 5: return tile<5, AT>(K, a, lda, panel, out);
+    default: return tile<6, AT>(K, a, lda, panel, out);
+  }
+}
+
+inline int gate_panels(int H) { return (H + kGateUnits - 1) / kGateUnits; }
+inline int unit_panels(int P) { return (P + kCols - 1) / kCols; }
+
+// Forward panels from w_hh (4H, P): panel u, row k, column q*16 + l = w_hh[q*H + 16u + l, k].
+inline void pack_gates(const float* w_hh, int H, int P, float* out) {
+  const int n = gate_panels(H);
+  for (int u = 0; u < n; ++u) {
+    float* panel = out + (int64_t)u * P * kCols;
+    for (int q = 0; q < 4; ++q) {
+      for (int l = 0; l < kGateUnits; ++l) {
+        const int j = u * kGateUnits + l;
+        const float* row = w_hh + ((int64_t)q * H + j) * P;
+        for (int k = 0; k < P; ++k)
+          panel[(int64_t)k * kCols + q * kGateUnits + l] = j < H ? row[k] : 0.0f;
+      }
+    }
+  }
+}
+
+// Backward panels from w_hh (4H, P): panel u, row k, column l = w_hh[k, 64u + l].
+inline void pack_units(const float* w_hh, int H, int P, float* out) {
+  const int n = unit_panels(P), G = 4 * H;
+  for (int u = 0; u < n; ++u) {
+    float* panel = out + (int64_t)u * G * kCols;
+    const int j0 = u * kCols, w = std::min(kCols, P - j0);
+    for (int k = 0; k < G; ++k) {
+      float* dst = panel + (int64_t)k * kCols;
+      std::memcpy(dst, w_hh + (int64_t)k * P + j0, sizeof(float) * w);
+      std::fill(dst + w, dst + kCols, 0.0f);
+    }
+  }
+}
+
+// Rows [0, B) cut into near-equal blocks of at most kMaxRows; block b is [start(b), start(b+1)).
+struct RowBlocks {
+  int B, n;
+  explicit RowBlocks(int B_) : B(B_), n((B_ + kMaxRows - 1) / kMaxRows) {}
+  int start(int b) const { return (int)((int64_t)b * B / n); }
+};
+
+// The items [lo, hi) of `items` that thread `tid` of `nt` takes: contiguous, so a thread
+// walks its panels in order and shares at most one with its neighbour.
+inline void share(int items, int tid, int nt, int& lo, int& hi) {
+  lo = (int)((int64_t)items * tid / nt);
+  hi = (int)((int64_t)items * (tid + 1) / nt);
+}
+
+// ---- A general product C = A B (+ bias) on the same tiles ----------------------------------
+// For the big products outside the time loop (the input projection, the weight and input
+// gradients), which BLAS would run at AVX2 width on AMD CPUs. B is packed into 64-column
+// panels cut into blocks of kDepth rows (panel[kb][u][k][64]); C is computed in chunks of
+// kChunk rows, each chunk k-block by k-block, so the chunk's rows of A stay in L2 and the
+// panel block in L1 while the tiles sweep them.
+constexpr int kDepth = 128;   // rows of B per block: a 32 KB panel block, L1-resident
+constexpr int kChunk = 96;    // rows of A per chunk: 48 KB of A per block, L2-resident
+
+// Rows [k0, k0 + kDepth) of B (K, N), element (k, n) at b[k * sk + n * sn], packed for
+// mm_block below (the caller walks k0 over the blocks, in parallel if it likes).
+inline void pack_b(const float* b, int64_t sk, int64_t sn, int K, int N, int k0, float* out) {
+  const int np = (N + kCols - 1) / kCols;
+  {
+    const int kd = std::min(kDepth, K - k0);
+    for (int u = 0; u < np; ++u) {
+      float* panel = out + (int64_t)k0 * np * kCols + (int64_t)u * kd * kCols;
+      const int n0 = u * kCols, w = std::min(kCols, N - n0);
+      for (int k = 0; k < kd; ++k) {
+        float* dst = panel + (int64_t)k * kCols;
+        const float* src = b + (int64_t)(k0 + k) * sk + (int64_t)n0 * sn;
+        for (int l = 0; l < w; ++l) dst[l] = src[l * sn];
+        std::fill(dst + w, dst + kCols, 0.0f);
+      }
+    }
+  }
+}
+
+// Rows [m0, m1) of C (M, N) (ldc N) = A B (+ bias): A (M, K) row-major (lda) or, with AT,
+// stored transposed (a(m, k) = a[k * lda + m]); packed from pack_b; panels [u0, u1).
+template <bool AT>
+void mm_block(const float* a, int lda, const float* packed, const float* bias, float* c, int K,
+              int N, int m0, int m1, int u0, int u1) {
+  const int np = (N + kCols - 1) / kCols;
+  alignas(64) float out[kMaxRows * kCols];
+  for (int k0 = 0; k0 < K; k0 += kDepth) {
+    const int kd = std::min(kDepth, K - k0);
+    for (int u = u0; u < u1; ++u) {
+      const float* panel = packed + (int64_t)k0 * np * kCols + (int64_t)u * kd * kCols;
+      const int n0 = u * kCols, w = std::min(kCols, N - n0);
+      for (int r0 = m0; r0 < m1; r0 += kMaxRows) {
+        const int R = std::min(kMaxRows, m1 - r0);
+        const float* a0 = AT ? a + (int64_t)k0 * lda + r0 : a + (int64_t)r0 * lda + k0;
+        tile_rows<AT>(R, kd, a0, lda, panel, out);
+        for (int r = 0; r < R; ++r) {
+          float* cr = c + (int64_t)(r0 + r) * N + n0;
+          const float* o = out + r * kCols;
+          if (k0 > 0) {
+            for (int l = 0; l < w; ++l) cr[l] += o[l];
+          } else if (bias) {
+            for (int l = 0; l < w; ++l) cr[l] = o[l] + bias[n0 + l];
+          } else {
+            std::memcpy(cr, o, sizeof(float) * w);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace tiles
