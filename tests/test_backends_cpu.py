@@ -125,7 +125,7 @@ def test_native_small_batch_loops_float64(B, H, P):
             got = _run_and_grad(native, args, lens, True)
             torch.testing.assert_close(got, want, **TOL[torch.float64])
     finally:
-        ext.set_tuning(16, 1 << 16, True, 2)
+        ext.set_tuning(16, 1 << 16, True, 1)
         torch.set_num_threads(threads)
 
 
@@ -375,27 +375,28 @@ def test_missing_compiler_is_named_before_any_build(monkeypatch, capsys, tmp_pat
     assert capsys.readouterr().err == ""  # no "building" line: nothing was built
 
 
-@pytest.mark.parametrize("B,H", [(2, 16), (5, 20), (7, 64), (13, 70), (16, 130)])
+@pytest.mark.parametrize("B,H", [(1, 33), (2, 16), (5, 20), (7, 64), (13, 70), (16, 130)])
 @pytest.mark.parametrize("lengths,reverse", [("none", False), ("unsorted", True)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_tiles_float32(B, H, lengths, reverse, threads):
-    """float32 from B = 2 takes the register tiles (tiles.h) on AVX-512 CPUs and BLAS
-    elsewhere: against the float64 reference, forward and every gradient. The sizes cover
+    """float32 takes the register tiles (tiles.h) on AVX-512 CPUs and BLAS elsewhere: against the float64 reference, forward and every gradient. The sizes cover
     one and several row blocks (at most 6 rows each), unit counts that are not a multiple
     of the panels' 16 (forward) or 64 (backward), and several panels; one thread, then two
     splitting every step."""
     args = _args(6, B, 5, H, 0, True, torch.float64, seed=B + H)
     lens = _lengths(lengths, 6, B, seed=B)
     want = _run_and_grad(reference, args, lens, reverse)
-    args32 = [None if a is None else a.detach().float().requires_grad_(a.requires_grad) for a in args]
+    args32 = [
+        None if a is None else a.detach().float().requires_grad_(a.requires_grad) for a in args
+    ]
     ext, old = native.load(), torch.get_num_threads()
     try:
-        ext.set_tuning(16, 1 << 62 if threads == 1 else 0, True, 2)
+        ext.set_tuning(16, 1 << 62 if threads == 1 else 0, True, 1)
         torch.set_num_threads(threads)
         assert native.NativeLoops(ext)._pack(args32[4], B, True) is not None or not _avx512()
         got = _run_and_grad(native, args32, lens, reverse)
     finally:
-        ext.set_tuning(16, 1 << 16, True, 2)
+        ext.set_tuning(16, 1 << 16, True, 1)
         torch.set_num_threads(old)
     want32 = [[t.float() for t in part] for part in want]
     torch.testing.assert_close(got, want32, **TOL[torch.float32])
@@ -404,3 +405,53 @@ def test_native_tiles_float32(B, H, lengths, reverse, threads):
 def _avx512() -> bool:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     return " avx512f " in flags
+
+
+@pytest.mark.parametrize(
+    "M,K,N,a_t,b_t",
+    [
+        (16, 20, 16, False, True),
+        (97, 130, 70, False, True),
+        (200, 257, 129, True, False),
+        (7, 300, 64, False, False),
+        (1, 5, 3, True, True),
+    ],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_tiled_mm(M, K, N, a_t, b_t, threads):
+    """The products outside the time loop on the tiles: either operand stored transposed (a
+    view, as the LSTM passes W_ih^T and dG^T), sizes that are not multiples of the tile (6
+    rows, 64 columns), the row chunk (96) or the depth block (128), with and without bias."""
+    if not _avx512():
+        pytest.skip("the tiles need AVX-512 (elsewhere NativeLoops.mm is torch.mm)")
+    g = torch.Generator().manual_seed(M + K + N)
+    a = torch.randn(K, M, generator=g).t() if a_t else torch.randn(M, K, generator=g)
+    b = torch.randn(N, K, generator=g).t() if b_t else torch.randn(K, N, generator=g)
+    bias = torch.randn(N, generator=g)
+    ext, old = native.load(), torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        ext.set_tuning(16, 1 << 62 if threads == 1 else 0, True, 1)
+        packed = ext.pack_rhs(b)
+        got, got_b = ext.mm_packed(a, packed, N, None), ext.mm_packed(a, packed, N, bias)
+    finally:
+        ext.set_tuning(16, 1 << 16, True, 1)
+        torch.set_num_threads(old)
+    want = a.double() @ b.double()
+    tol = {"atol": 1e-5 * K**0.5, "rtol": 1e-5}
+    torch.testing.assert_close(got.double(), want, **tol)
+    torch.testing.assert_close(got_b.double(), want + bias.double(), **tol)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_native_tiles_through_lstm(reverse):
+    """Big enough that the input projection and the weight and input gradients take the
+    tiled products too (NativeLoops.mm): float32 against the float64 reference."""
+    args = _args(12, 16, 40, 48, 0, True, torch.float64, seed=7)
+    lens = _lengths("unsorted", 12, 16, seed=7)
+    want = _run_and_grad(reference, args, lens, reverse)
+    args32 = [
+        None if a is None else a.detach().float().requires_grad_(a.requires_grad) for a in args
+    ]
+    got = _run_and_grad(native, args32, lens, reverse)
+    torch.testing.assert_close(got, [[t.float() for t in p] for p in want], **TOL[torch.float32])

@@ -483,7 +483,16 @@ void backward_impl(const T* dout, T* dh, T* dc, const T* gates, const T* cbuf, c
 // threads split the tiles of a step and meet at a barrier before the next step, instead of
 // a parallel region per step. Dead rows (lengths) are handled as in the loops above.
 
-int g_tile_min = 2;  // the least batch that takes the tiles (set_tuning); 0: never
+int g_tile_min = 1;  // the least batch that takes the tiles (set_tuning); 0: never
+
+// Whether n batch rows take the tiles. A row or two against a big weight (H = 1024) is a
+// matrix-vector product that the small-batch loops read faster (tiles win from B = 3 there,
+// measured on one Zen 5 core); smaller weights take the tiles from one row.
+bool tiles_for(int64_t n, int64_t weights) {
+  if (!tiles::kAvailable || g_tile_min <= 0) return false;
+  const int64_t least = g_by_size && weights >= (1 << 21) ? std::max(3, g_tile_min) : g_tile_min;
+  return n >= least;
+}
 
 // Threads worth waking for a step of this many multiply-adds.
 int step_threads(int64_t work) {
@@ -673,11 +682,10 @@ at::Tensor mm_packed(at::Tensor a, const at::Tensor& packed, int64_t N,
 bool has_tiles() { return tiles::kAvailable && g_tile_min > 0; }
 
 // The packed weight for the tiles, or an undefined tensor where they do not apply: another
-// dtype, a projection, a CPU without AVX-512, or fewer than g_tile_min batch rows.
+// dtype, a projection, a CPU without AVX-512, or too few batch rows (tiles_for).
 at::Tensor pack(const at::Tensor& w_hh, int64_t B, bool backward) {
   const int64_t G = w_hh.size(0), H = G / 4, P = w_hh.size(1);
-  if (!tiles::kAvailable || g_tile_min <= 0 || B < g_tile_min || P != H ||
-      w_hh.scalar_type() != at::kFloat)
+  if (!tiles_for(B, G * P) || P != H || w_hh.scalar_type() != at::kFloat)
     return at::Tensor();
   const at::Tensor w = w_hh.contiguous();
   const int64_t panels = backward ? tiles::unit_panels(P) * G : tiles::gate_panels(H) * P;
