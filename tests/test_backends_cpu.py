@@ -379,9 +379,10 @@ def test_missing_compiler_is_named_before_any_build(monkeypatch, capsys, tmp_pat
 @pytest.mark.parametrize("lengths,reverse", [("none", False), ("unsorted", True)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_native_tiles_float32(B, H, lengths, reverse, threads):
-    """float32 takes the register tiles (tiles.h) on AVX-512 CPUs and BLAS elsewhere: against the float64 reference, forward and every gradient. The sizes cover
-    one and several row blocks (at most 6 rows each), unit counts that are not a multiple
-    of the panels' 16 (forward) or 64 (backward), and several panels; one thread, then two
+    """float32 takes the register tiles (tiles.h) on AVX-512 CPUs and BLAS elsewhere:
+    against the float64 reference, forward and every gradient. The sizes cover one and
+    several row blocks (at most 6 rows each), unit counts that are not a multiple of the
+    panels' 16 (forward) or 64 (backward), and several panels; one thread, then two
     splitting every step."""
     args = _args(6, B, 5, H, 0, True, torch.float64, seed=B + H)
     lens = _lengths(lengths, 6, B, seed=B)
