@@ -433,7 +433,7 @@ def test_native_tiled_mm(M, K, N, a_t, b_t, threads):
     try:
         torch.set_num_threads(threads)
         ext.set_tuning(16, 1 << 62 if threads == 1 else 0, True, 1)
-        packed = ext.pack_rhs(b)
+        packed = ext.pack_rhs(b, None)
         got, got_b = ext.mm_packed(a, packed, N, None), ext.mm_packed(a, packed, N, bias)
     finally:
         ext.set_tuning(16, 1 << 16, True, 1)

@@ -143,14 +143,16 @@ def forward_cells_no_grad(
 # Inference projects the inputs one chunk of steps at a time so that the gate buffer stays in
 # cache: all T steps at once is T*B*4H values (65 MB at T=1000, B=256, H=16), written by the
 # GEMM and read back by the loop from memory. Chunks hold about this many bytes of gates, and
-# at least CHUNK_MIN_STEPS steps so that the input GEMM is not cut too thin.
+# at least CHUNK_MIN_STEPS steps so that the input GEMM is not cut too thin. Each chunk's GEMM
+# reads all of W_ih again, so a big W_ih (16 MB at H = 1024) gets chunks up to 4x longer.
 CHUNK_BYTES = 1 << 21
 CHUNK_MIN_STEPS = 4
 
 
-def chunk_steps(T: int, B: int, G: int, itemsize: int) -> int:
-    """Steps per inference chunk for a (T, B, G) gate buffer (T itself: one chunk)."""
-    return min(T, max(CHUNK_MIN_STEPS, CHUNK_BYTES // max(1, B * G * itemsize)))
+def chunk_steps(T: int, B: int, G: int, itemsize: int, weight_bytes: int = 0) -> int:
+    """Steps per inference chunk (see CHUNK_BYTES); ``weight_bytes``: W_ih's size."""
+    size = max(CHUNK_BYTES, min(4 * CHUNK_BYTES, weight_bytes))
+    return min(T, max(CHUNK_MIN_STEPS, size // max(1, B * G * itemsize)))
 
 
 def forward_no_grad(
@@ -162,7 +164,7 @@ def forward_no_grad(
     end), so the result is that of one pass; dead steps carry state across chunk borders."""
     T, B, _ = x.shape
     mask = time_mask(lengths, T, x.device)
-    n = chunk_steps(T, B, w_ih.size(0), x.element_size())
+    n = chunk_steps(T, B, w_ih.size(0), x.element_size(), w_ih.numel() * w_ih.element_size())
     if n >= T:
         xg = _project(loops, x, w_ih, b_ih, b_hh, ex)
         hbuf, c_n, *_ = loops.forward(xg, h0, c0, w_hh, w_hr, mask, reverse, False, ex)

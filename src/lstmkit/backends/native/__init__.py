@@ -22,6 +22,7 @@ import os
 import platform
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -192,6 +193,35 @@ def _variant_args(ex) -> list:
 _AUX = ("cnew", "ghat", "grstd", "chat", "crstd")
 
 
+class _Slots(threading.local):
+    """Buffers for packed weights, kept between calls (per thread): packing a weight costs
+    less than the page faults of a fresh buffer of its size. A slot is lent to one NativeLoops
+    at a time (the layers of a model run one after another); the next borrower packs over it,
+    and the previous one's ``holds`` turns false, so it packs again rather than read another
+    weight. Buffers above KEEP_BYTES are not kept."""
+
+    KEEP_BYTES = 64 << 20
+
+    def __init__(self):
+        self.slots = {}  # name -> (buffer, borrower)
+
+    def holds(self, name, who, packed) -> bool:
+        buf, owner = self.slots.get(name, (None, None))
+        return owner is who and buf is packed
+
+    def fill(self, name, who, pack):
+        """pack(buffer or None) into the slot's buffer; the result is lent to ``who``."""
+        out = pack(self.slots.get(name, (None, None))[0])
+        if out is not None and out.numel() * out.element_size() <= self.KEEP_BYTES:
+            self.slots[name] = (out, who)
+        else:
+            self.slots.pop(name, None)
+        return out
+
+
+_SLOTS = _Slots()
+
+
 class NativeLoops:
     """The Loops protocol of :mod:`._bptt` over the C++ extension."""
 
@@ -202,13 +232,22 @@ class NativeLoops:
         self._packed = {}  # weights packed for the C++ tiles, once per layer call
         self._tiles = ext is not None and ext.has_tiles()
 
+    def _packed_once(self, key, slot: str, pack):
+        """What ``pack(buffer)`` returns, packed once per layer call into the slot's buffer
+        (see _Slots); packed again if another layer's call has taken the slot since."""
+        hit = self._packed.get(key)
+        if hit is not None and _SLOTS.holds(slot, self, hit):
+            return hit
+        packed = _SLOTS.fill(slot, self, pack)
+        self._packed[key] = packed
+        return packed
+
     def _pack(self, w_hh, batch: int, backward: bool):
         """W_hh in the tiles' layout (None where the tiles do not apply), packed once for all
         the chunks of an inference call and once for the backward."""
         key = (backward, batch, w_hh.data_ptr(), w_hh._version)
-        if key not in self._packed:
-            self._packed[key] = self.ext.pack(w_hh, batch, backward)
-        return self._packed[key]
+        slot = "units" if backward else "gates"
+        return self._packed_once(key, slot, lambda buf: self.ext.pack(w_hh, batch, backward, buf))
 
     def mm(self, a, b, bias=None, reuse=False):
         """a @ b (+ bias) on the C++ tiles for float32 products big enough to pay for packing
@@ -217,12 +256,11 @@ class NativeLoops:
         N = b.shape[1]
         if not (self._tiles and a.dtype == torch.float32 and M >= 16 and M * N * K >= 1 << 18):
             return _bptt.mm(a, b, bias)
-        key = ("rhs", b.data_ptr(), b._version, tuple(b.shape), tuple(b.stride()))
-        packed = self._packed.get(key) if reuse else None
-        if packed is None:
-            packed = self.ext.pack_rhs(b)
-            if reuse:
-                self._packed[key] = packed
+        if reuse:
+            key = ("rhs", b.data_ptr(), b._version, tuple(b.shape), tuple(b.stride()))
+            packed = self._packed_once(key, "weight", lambda buf: self.ext.pack_rhs(b, buf))
+        else:
+            packed = _SLOTS.fill("rhs", self, lambda buf: self.ext.pack_rhs(b, buf))
         return self.ext.mm_packed(a, packed, N, bias)
 
     def forward(self, xg, h0, c0, w_hh, w_hr, mask, reverse, save, ex=None):

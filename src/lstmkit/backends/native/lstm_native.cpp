@@ -627,12 +627,21 @@ void backward_tiled(const float* dout, float* dh, float* dc, const float* gates,
 }
 
 // B (K, N), float32 of any strides, packed for mm_packed (kept by callers that reuse B).
-at::Tensor pack_rhs(const at::Tensor& b) {
+// A float32 buffer of n values: `out` when it has that size (callers pass a buffer kept from
+// an earlier call: fresh pages cost more than the packing itself), else a new one.
+at::Tensor buffer(const c10::optional<at::Tensor>& out, int64_t n, const at::Tensor& like) {
+  if (out && out->defined() && out->numel() == n && out->scalar_type() == at::kFloat &&
+      out->is_contiguous())
+    return *out;
+  return at::empty({n}, like.options());
+}
+
+at::Tensor pack_rhs(const at::Tensor& b, const c10::optional<at::Tensor>& out) {
   TORCH_CHECK(tiles::kAvailable && b.scalar_type() == at::kFloat && b.dim() == 2,
               "native pack_rhs: a float32 matrix on an AVX-512 CPU");
   const int K = b.size(0), N = b.size(1);
   const int np = (N + tiles::kCols - 1) / tiles::kCols, kb = (K + tiles::kDepth - 1) / tiles::kDepth;
-  at::Tensor packed = at::empty({(int64_t)K * np * tiles::kCols}, b.options());
+  at::Tensor packed = buffer(out, (int64_t)K * np * tiles::kCols, b);
   const float* pb = b.data_ptr<float>();
   float* pp = packed.data_ptr<float>();
   const int64_t sk = b.stride(0), sn = b.stride(1);
@@ -683,17 +692,25 @@ bool has_tiles() { return tiles::kAvailable && g_tile_min > 0; }
 
 // The packed weight for the tiles, or an undefined tensor where they do not apply: another
 // dtype, a projection, a CPU without AVX-512, or too few batch rows (tiles_for).
-at::Tensor pack(const at::Tensor& w_hh, int64_t B, bool backward) {
+at::Tensor pack(const at::Tensor& w_hh, int64_t B, bool backward,
+                const c10::optional<at::Tensor>& into) {
   const int64_t G = w_hh.size(0), H = G / 4, P = w_hh.size(1);
   if (!tiles_for(B, G * P) || P != H || w_hh.scalar_type() != at::kFloat)
     return at::Tensor();
   const at::Tensor w = w_hh.contiguous();
   const int64_t panels = backward ? tiles::unit_panels(P) * G : tiles::gate_panels(H) * P;
-  at::Tensor out = at::empty({panels * tiles::kCols}, w.options());
-  if (backward) {
-    tiles::pack_units(w.data_ptr<float>(), H, P, out.data_ptr<float>());
-  } else {
-    tiles::pack_gates(w.data_ptr<float>(), H, P, out.data_ptr<float>());
+  at::Tensor out = buffer(into, panels * tiles::kCols, w);
+  const float* src = w.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const int n = backward ? tiles::unit_panels(P) : tiles::gate_panels(H);
+  pybind11::gil_scoped_release no_gil;
+#pragma omp parallel for schedule(static) num_threads(step_threads(G * P))
+  for (int u = 0; u < n; ++u) {
+    if (backward) {
+      tiles::pack_units(src, H, P, u, dst);
+    } else {
+      tiles::pack_gates(src, H, P, u, dst);
+    }
   }
   return out;
 }

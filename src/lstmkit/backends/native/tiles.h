@@ -79,26 +79,40 @@ inline void tile_rows(int R, int K, const float* a, int lda, const float* panel,
 inline int gate_panels(int H) { return (H + kGateUnits - 1) / kGateUnits; }
 inline int unit_panels(int P) { return (P + kCols - 1) / kCols; }
 
-// Forward panels from w_hh (4H, P): panel u, row k, column q*16 + l = w_hh[q*H + 16u + l, k].
-inline void pack_gates(const float* w_hh, int H, int P, float* out) {
-  const int n = gate_panels(H);
-  for (int u = 0; u < n; ++u) {
-    float* panel = out + (int64_t)u * P * kCols;
-    for (int q = 0; q < 4; ++q) {
-      for (int l = 0; l < kGateUnits; ++l) {
-        const int j = u * kGateUnits + l;
-        const float* row = w_hh + ((int64_t)q * H + j) * P;
-        for (int k = 0; k < P; ++k)
-          panel[(int64_t)k * kCols + q * kGateUnits + l] = j < H ? row[k] : 0.0f;
+// panel[k, c] = src[c][k] for k < K, c < 64 (a null src[c]: zeros): a transpose by 16 x 64
+// blocks, so each source row is read a whole cache line at a time.
+inline void transpose_in(const float* const* src, int K, float* panel) {
+  alignas(64) float blk[kCols][16];
+  for (int k0 = 0; k0 < K; k0 += 16) {
+    const int kd = std::min(16, K - k0);
+    for (int c = 0; c < kCols; ++c) {
+      if (src[c] && kd == 16) {
+        std::memcpy(blk[c], src[c] + k0, sizeof blk[c]);
+      } else {
+        for (int k = 0; k < 16; ++k) blk[c][k] = src[c] && k < kd ? src[c][k0 + k] : 0.0f;
       }
+    }
+    for (int k = 0; k < kd; ++k) {
+      float* dst = panel + (int64_t)(k0 + k) * kCols;
+      for (int c = 0; c < kCols; ++c) dst[c] = blk[c][k];
     }
   }
 }
 
-// Backward panels from w_hh (4H, P): panel u, row k, column l = w_hh[k, 64u + l].
-inline void pack_units(const float* w_hh, int H, int P, float* out) {
-  const int n = unit_panels(P), G = 4 * H;
-  for (int u = 0; u < n; ++u) {
+// Forward panel u from w_hh (4H, P): row k, column q*16 + l = w_hh[q*H + 16u + l, k].
+inline void pack_gates(const float* w_hh, int H, int P, int u, float* out) {
+  const float* src[kCols];
+  for (int c = 0; c < kCols; ++c) {
+    const int j = u * kGateUnits + c % kGateUnits;
+    src[c] = j < H ? w_hh + ((int64_t)(c / kGateUnits) * H + j) * P : nullptr;
+  }
+  transpose_in(src, P, out + (int64_t)u * P * kCols);
+}
+
+// Backward panel u from w_hh (4H, P): row k, column l = w_hh[k, 64u + l].
+inline void pack_units(const float* w_hh, int H, int P, int u, float* out) {
+  const int G = 4 * H;
+  {
     float* panel = out + (int64_t)u * G * kCols;
     const int j0 = u * kCols, w = std::min(kCols, P - j0);
     for (int k = 0; k < G; ++k) {
@@ -141,6 +155,12 @@ inline void pack_b(const float* b, int64_t sk, int64_t sn, int K, int N, int k0,
     for (int u = 0; u < np; ++u) {
       float* panel = out + (int64_t)k0 * np * kCols + (int64_t)u * kd * kCols;
       const int n0 = u * kCols, w = std::min(kCols, N - n0);
+      if (sk == 1) {  // B stored transposed (W^T): its columns are contiguous rows
+        const float* src[kCols];
+        for (int c = 0; c < kCols; ++c) src[c] = c < w ? b + (int64_t)(n0 + c) * sn + k0 : nullptr;
+        transpose_in(src, kd, panel);
+        continue;
+      }
       for (int k = 0; k < kd; ++k) {
         float* dst = panel + (int64_t)k * kCols;
         const float* src = b + (int64_t)(k0 + k) * sk + (int64_t)n0 * sn;
