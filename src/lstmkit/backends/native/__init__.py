@@ -251,10 +251,13 @@ class NativeLoops:
 
     def mm(self, a, b, bias=None, reuse=False):
         """a @ b (+ bias) on the C++ tiles for float32 products big enough to pay for packing
-        b (with ``reuse``, packed once per layer call); torch (BLAS) otherwise."""
+        b (with ``reuse``, packed once per layer call); torch (BLAS) otherwise. Below 48
+        columns most of a 64-column panel would be padding (packing a long b four times
+        its size), so those stay with BLAS."""
         M, K = a.shape
         N = b.shape[1]
-        if not (self._tiles and a.dtype == torch.float32 and M >= 16 and M * N * K >= 1 << 18):
+        big = M >= 16 and N >= 48 and M * N * K >= 1 << 18
+        if not (self._tiles and a.dtype == torch.float32 and big):
             return _bptt.mm(a, b, bias)
         if reuse:
             key = ("rhs", b.data_ptr(), b._version, tuple(b.shape), tuple(b.stride()))
