@@ -27,8 +27,32 @@ def _size(req) -> str:
     return f"cpu {dtype}, T={shown(req.T)} B={shown(req.B)} H={req.H}{proj}{var}"
 
 
+# Answers already given, by (request, native's build failure): the policy is a function of
+# those two, and a small forward should not pay for deciding again (~10 us, as much as the
+# step loop at H=16). Bounded: each new length is a new request.
+_ANSWERS: dict = {}
+_ANSWERS_MAX = 512
+
+
 def auto_cpu(req) -> tuple[str, str]:
     """(backend name, reason) for a request with ``req.device_type == "cpu"``."""
+    import torch
+
+    from lstmkit.backends import native
+
+    if torch.compiler.is_compiling():  # traced code: no global state to guard on
+        return _decide(req)
+    key = (req, native.failed())
+    answer = _ANSWERS.get(key)
+    if answer is None:
+        if len(_ANSWERS) >= _ANSWERS_MAX:
+            _ANSWERS.clear()
+        answer = _ANSWERS[key] = _decide(req)
+    return answer
+
+
+def _decide(req) -> tuple[str, str]:
+    """auto_cpu without the memo."""
     from lstmkit.backends import fused, native, reference
 
     work = "training" if req.needs_grad else "inference"
