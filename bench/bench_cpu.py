@@ -29,6 +29,7 @@ import gc
 import json
 import math
 import platform
+import random
 import statistics
 import sys
 import time
@@ -120,11 +121,12 @@ def _step(model: nn.Module, x, gout, mode: str) -> float:
 
 def time_round_robin(models, x, gout, mode, budget_s, min_reps, max_reps, warm=None):
     """Seconds of each repetition of each model ({name: [s, ...]}), the models interleaved
-    round robin (the first of each round rotating) after one warm-up step each (on ``warm`` = (x, gout) if given: first-call
+    round robin (in a new random order each round) after one warm-up step each (on ``warm`` = (x, gout) if given: first-call
     costs, allocator, oneDNN primitives, extension load), until ``budget_s`` is spent and at
     least ``min_reps`` rounds ran; the garbage collector is off meanwhile, since a collection
     inside one contestant's timing would be charged to it."""
     times: dict[str, list[float]] = {n: [] for n in models}
+    shuffle = random.Random(0)
     gc.collect()
     gc.disable()
     try:
@@ -135,12 +137,13 @@ def time_round_robin(models, x, gout, mode, budget_s, min_reps, max_reps, warm=N
         for rep in range(max_reps):
             if rep >= min_reps and time.perf_counter() - start > budget_s:
                 break
-            # Rotate who goes first: a contestant right after another one pays for what that
-            # one left behind (measured here: up to 50 us after nn.LSTM's parallel region),
-            # so each contestant follows each other one equally often.
+            # A new order each round: a contestant right after another one pays for what that
+            # one left behind (measured here: 5-10 us after nn.LSTM at H=16, the same model
+            # timed twice differed that much by position), and rotating a fixed order would
+            # keep the same neighbours.
             order = list(models.items())
-            k = rep % len(order)
-            for n, m in order[k:] + order[:k]:
+            shuffle.shuffle(order)
+            for n, m in order:
                 times[n].append(_step(m, x, gout, mode))
     finally:
         gc.enable()
