@@ -121,8 +121,9 @@ def _step(model: nn.Module, x, gout, mode: str) -> float:
 
 def time_round_robin(models, x, gout, mode, budget_s, min_reps, max_reps, warm=None):
     """Seconds of each repetition of each model ({name: [s, ...]}), the models interleaved
-    round robin (in a new random order each round) after one warm-up step each (on ``warm`` = (x, gout) if given: first-call
-    costs, allocator, oneDNN primitives, extension load), until ``budget_s`` is spent and at
+    round robin (in a new random order each round) after one warm-up step each (on
+    ``warm`` = (x, gout) if given: first-call costs, allocator, oneDNN primitives, extension
+    load), until ``budget_s`` is spent and at
     least ``min_reps`` rounds ran; the garbage collector is off meanwhile, since a collection
     inside one contestant's timing would be charged to it."""
     times: dict[str, list[float]] = {n: [] for n in models}
