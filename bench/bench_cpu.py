@@ -40,6 +40,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import lstmkit  # noqa: E402
+from lstmkit.backends import native  # noqa: E402
 
 HIDDEN, BATCH, STEPS = (16, 64, 256, 1024), (1, 16, 256), (4, 100, 1000)
 OURS = ("auto", "fused", "native")
@@ -248,7 +249,11 @@ def run(grid, modes=("infer", "train"), budget_s=2.0, min_reps=3, log=print) -> 
     limits = probe_machine()
     peak, bw = limits["peak_gflops"], limits["bandwidth_gbs"]
     cache = limits["cache_gbs"]
-    log(f"machine: {peak:.0f} GFLOP/s peak GEMM, {bw:.1f} GB/s copy, {cache:.0f} GB/s cache")
+    blas = limits["blas_gflops"]
+    log(
+        f"machine: {peak:.0f} GFLOP/s peak FMA, {blas:.0f} GFLOP/s BLAS GEMM, "
+        f"{bw:.1f} GB/s copy, {cache:.0f} GB/s cache"
+    )
     for H, B, T in grid:
         if T * B * H * H > MAX_WORK:
             log(f"skip H={H} B={B} T={T}: T*B*H^2 above {MAX_WORK:.0e} (minutes per repetition)")
@@ -292,9 +297,11 @@ def _cache_bytes() -> int:
 
 
 def probe_machine(seconds: float = 0.5) -> dict:
-    """This machine's limits at torch's thread count: peak fp32 GFLOP/s (a large GEMM, the
-    best the BLAS reaches), memory bandwidth in GB/s (copying 256 MB, read + write), and the
-    bandwidth of the last-level cache (copying a quarter of it over and over)."""
+    """This machine's limits at torch's thread count: peak fp32 GFLOP/s (independent FMA
+    chains in registers on every thread, the native extension's ``fma_peak``; where it is
+    not built, the best of a large GEMM), the large GEMM's GFLOP/s as torch's BLAS runs it,
+    memory bandwidth in GB/s (copying 256 MB, read + write), and the bandwidth of the
+    last-level cache (copying a quarter of it over and over)."""
 
     def best(fn, reps_min=3):
         fn()
@@ -307,7 +314,11 @@ def probe_machine(seconds: float = 0.5) -> dict:
 
     n = 1024
     a, b = torch.randn(n, n), torch.randn(n, n)
-    gflops = 2 * n**3 / best(lambda: torch.mm(a, b)) / 1e9
+    blas_gflops = 2 * n**3 / best(lambda: torch.mm(a, b)) / 1e9
+    gflops = blas_gflops
+    if native.available():  # the BLAS may not use the widest vectors (MKL on AMD: AVX2)
+        ext, threads = native.load(), torch.get_num_threads()
+        gflops = max(ext.fma_peak(threads, 5_000_000) for _ in range(3))
     src = torch.ones(64 << 20)
     dst = torch.empty_like(src)
     gbs = 2 * src.numel() * 4 / best(lambda: dst.copy_(src)) / 1e9
@@ -321,6 +332,7 @@ def probe_machine(seconds: float = 0.5) -> dict:
     cache_gbs = 16 * 2 * small.numel() * 4 / best(copies) / 1e9
     return {
         "peak_gflops": gflops,
+        "blas_gflops": blas_gflops,
         "bandwidth_gbs": gbs,
         "cache_bytes": cache,
         "cache_gbs": cache_gbs,
@@ -365,7 +377,8 @@ def markdown(result: dict) -> str:
     lines = [
         f"CPU: {m['cpu']}, torch threads: {m['threads']}, torch {m['torch']}"
         + (
-            f"; measured limits: {m['peak_gflops']:.0f} GFLOP/s (GEMM), "
+            f"; measured limits: {m['peak_gflops']:.0f} GFLOP/s (FMA peak; torch's BLAS "
+            f"GEMM {m.get('blas_gflops', 0):.0f}), "
             f"{m['bandwidth_gbs']:.1f} GB/s (memory copy), "
             f"{m.get('cache_gbs', 0):.0f} GB/s (last-level cache copy)"
             if "peak_gflops" in m

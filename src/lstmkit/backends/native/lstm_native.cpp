@@ -687,6 +687,32 @@ at::Tensor mm_packed(at::Tensor a, const at::Tensor& packed, int64_t N,
   return c;
 }
 
+// The machine's fp32 FMA throughput (GFLOP/s) on `threads` threads: independent chains of
+// fused multiply-adds on 512-bit vectors held in registers (for the benchmark's roofline;
+// no memory traffic, so it is the ceiling any kernel can reach).
+double fma_peak(int threads, int64_t iters) {
+  typedef float v16 __attribute__((vector_size(64)));
+  double seconds = 0;
+  pybind11::gil_scoped_release no_gil;
+#pragma omp parallel num_threads(threads) reduction(max : seconds)
+  {
+    const float s = 1e-3f * (1 + omp_get_thread_num());
+    v16 a0 = v16{} + s, a1 = a0 + s, a2 = a1 + s, a3 = a2 + s, a4 = a3 + s, a5 = a4 + s;
+    v16 a6 = a5 + s, a7 = a6 + s, a8 = a7 + s, a9 = a8 + s, a10 = a9 + s, a11 = a10 + s;
+    const v16 m = v16{} + 0.999999f, c = v16{} + 1e-7f;
+    const double t0 = omp_get_wtime();
+    for (int64_t it = 0; it < iters; ++it) {  // 12 independent chains cover the FMA latency
+      a0 = a0 * m + c, a1 = a1 * m + c, a2 = a2 * m + c, a3 = a3 * m + c;
+      a4 = a4 * m + c, a5 = a5 * m + c, a6 = a6 * m + c, a7 = a7 * m + c;
+      a8 = a8 * m + c, a9 = a9 * m + c, a10 = a10 * m + c, a11 = a11 * m + c;
+    }
+    seconds = omp_get_wtime() - t0;
+    const v16 sum = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11;
+    if (sum[0] == 12345.0f) seconds += 1e-9;  // the result is used: the loop is not dropped
+  }
+  return 2.0 * 16 * 12 * (double)iters * threads / seconds / 1e9;
+}
+
 // Whether mm_packed runs on this machine (float32 only; the caller checks the dtype).
 bool has_tiles() { return tiles::kAvailable && g_tile_min > 0; }
 
@@ -1382,6 +1408,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_tuning", &set_tuning, "small-batch, parallel-work and tile thresholds");
   m.def("pack_rhs", &pack_rhs, "float32 B packed for mm_packed");
   m.def("mm_packed", &mm_packed, "float32 A @ B (+ bias) on the register tiles");
+  m.def("fma_peak", &fma_peak, "fp32 FMA throughput in GFLOP/s on n threads (a probe)");
   m.def("has_tiles", &has_tiles, "whether the register tiles run here (AVX-512, not disabled)");
   m.def("pack", &pack, "W_hh packed for the tiled forward or backward steps, or undefined");
 }
