@@ -249,6 +249,17 @@ class NativeLoops:
         slot = "units" if backward else "gates"
         return self._packed_once(key, slot, lambda buf: self.ext.pack(w_hh, batch, backward, buf))
 
+    def _var_pack(self, w, buf):
+        """The variants' per-step weight (W_hh^T forward, W_hh backward) packed for the tiles,
+        or None where they do not apply (see ``tiles_for`` in the C++)."""
+        batch = buf.shape[1]
+        if not (self._tiles and buf.dtype == torch.float32):
+            return None
+        if not self.ext.tiles_for(batch, w.numel()):
+            return None
+        key = ("var", w.data_ptr(), w._version, tuple(w.stride()))
+        return self._packed_once(key, "weight_hh", lambda b: self.ext.pack_rhs(w, b))
+
     def mm(self, a, b, bias=None, reuse=False):
         """a @ b (+ bias) on the C++ tiles for float32 products big enough to pay for packing
         b (with ``reuse``, packed once per layer call); torch (BLAS) otherwise. Below 48
@@ -269,8 +280,10 @@ class NativeLoops:
     def forward(self, xg, h0, c0, w_hh, w_hr, mask, reverse, save, ex=None):
         w_hr = _contig(w_hr)
         if ex is not None:
+            w_hh = w_hh.contiguous()
+            packed = self._var_pack(w_hh.t(), xg)
             res = self.ext.forward_var(
-                xg, h0, c0, w_hh.contiguous(), w_hr, mask, reverse, save, *_variant_args(ex)
+                xg, h0, c0, w_hh, w_hr, mask, reverse, save, *_variant_args(ex), packed
             )
             if not save:
                 return res[0], res[1], None, None, None, {}
@@ -291,8 +304,9 @@ class NativeLoops:
             packed = None if w_hr is not None else self._pack(w_hh, gates.shape[1], True)
             return tuple(self.ext.backward(*args, _contig(dcs), packed))
         saved = [aux.get(k) for k in _AUX]
+        packed = self._var_pack(w_hh, gates)
         dG, dht, dh, dc, *grads = self.ext.backward_var(
-            *args, *_variant_args(ex), *saved, _contig(dcs)
+            *args, *_variant_args(ex), *saved, _contig(dcs), packed
         )
         names = ("dgh", "dpeep", "dg_hh", "dg_c", "db_c")
         return dG, dht, dh, dc, {k: g for k, g in zip(names, grads, strict=True) if g is not None}

@@ -687,6 +687,17 @@ at::Tensor mm_packed(at::Tensor a, const at::Tensor& packed, int64_t N,
   return c;
 }
 
+void tiled_product(int M, int N, int K, const float* a, const float* packed, float* c, bool acc) {
+  const int np = (N + tiles::kCols - 1) / tiles::kCols;
+  const int nt = step_threads((int64_t)M * N * K);
+  const int groups = std::min(np, 2 * nt);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int gr = 0; gr < groups; ++gr) {
+    const int u0 = (int)((int64_t)np * gr / groups), u1 = (int)((int64_t)np * (gr + 1) / groups);
+    tiles::mm_block<false>(a, K, packed, nullptr, c, K, N, 0, M, u0, u1, acc);
+  }
+}
+
 // The machine's fp32 FMA throughput (GFLOP/s) on `threads` threads: independent chains of
 // fused multiply-adds on 512-bit vectors held in registers (for the benchmark's roofline;
 // no memory traffic, so it is the ceiling any kernel can reach).
@@ -829,10 +840,32 @@ struct Var {
   const T* zc = nullptr;     // (T, B, H) zoneout "keep" masks, or null and the scalar below
   const T* zh = nullptr;     // (T, B, P)
   T zc_s = 0, zh_s = 0;
+  const float* packed = nullptr;  // W_hh^T (forward) or W_hh (backward) from pack_rhs
   bool ln() const { return g_hh != nullptr; }
   bool zone_c() const { return zc || zc_s != T(0); }
   bool zone_h() const { return zh || zh_s != T(0); }
 };
+
+// The variants' per-step products: on the tiles when the weight came packed (float32),
+// split over the threads by panels; else BLAS or the small-batch loops (mm_nt, mm_nn).
+// C (M, N) (+)= A (M, K) B, B packed by pack_rhs.
+void tiled_product(int M, int N, int K, const float* a, const float* packed, float* c, bool acc);
+
+template <typename T>
+void var_nt(const Var<T>& v, int n, int G, int P, const T* h, const T* w_hh, T* out, bool acc) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (v.packed) return tiled_product(n, G, P, h, v.packed, out, acc);
+  }
+  mm_nt<T>(n, G, P, h, w_hh, out, acc);
+}
+
+template <typename T>
+void var_nn(const Var<T>& v, int n, int P, int G, const T* dg, const T* w_hh, T* out) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (v.packed) return tiled_product(n, P, G, dg, v.packed, out, false);
+  }
+  mm_nn<T>(n, P, G, dg, w_hh, out);
+}
 
 constexpr double kLnEps = 1e-5;  // as lstmkit.cell.LN_EPS
 
@@ -978,7 +1011,7 @@ void forward_var_impl(T* xg, T* hbuf, T* cbuf, T* tc, T* r, const T* w_hh, const
     if (n > 0) {
       if (v.ln()) {
         T* raw = v.h_mask ? vb.scratch2 : vb.scratch;
-        mm_nt<T>(n, G, P, hin, w_hh, raw, false);
+        var_nt(v, n, G, P, hin, w_hh, raw, false);
         for (int b = 0; b < n; ++b) {
           T* gh = vb.ghat + (k * B + b) * G;
           vb.grstd[k * B + b] = normalize_row(G, raw + (int64_t)b * G, gh);
@@ -986,7 +1019,7 @@ void forward_var_impl(T* xg, T* hbuf, T* cbuf, T* tc, T* r, const T* w_hh, const
           for (int j = 0; j < G; ++j) gb[j] += gh[j] * v.g_hh[j];
         }
       } else {
-        mm_nt<T>(n, G, P, hin, w_hh, g, true);
+        var_nt(v, n, G, P, hin, w_hh, g, true);
       }
     }
     for (int b = 0; b < B; ++b) {
@@ -1162,7 +1195,7 @@ void backward_var_impl(const T* dout, T* dh, T* dc, const T* gates, const T* cbu
       }
     }
     if (n == 0) continue;
-    mm_nn<T>(n, P, G, dgh, w_hh, dh_buf);  // the gradient of the h the gates read
+    var_nn(v, n, P, G, dgh, w_hh, dh_buf);  // the gradient of the h the gates read
     for (int b = 0; b < n; ++b) {
       if (!st.live(t, b)) continue;
       const T* m = v.h_mask ? v.h_mask + (int64_t)b * P : nullptr;
@@ -1209,6 +1242,12 @@ at::Tensor undef_or(bool want, at::IntArrayRef shape, const at::TensorOptions& o
 
 // Variants' forward: see Loops.forward in _bptt.py. Returns hbuf, c_n, cbuf, tc, r, cnew,
 // ghat, grstd, chat, crstd (undefined where unused; only hbuf and c_n without save).
+// The packed weight's data for the variants' products: float32 only (double keeps BLAS).
+const float* packed_float(const c10::optional<at::Tensor>& packed, const at::Tensor& like) {
+  if (!packed || !packed->defined() || like.scalar_type() != at::kFloat) return nullptr;
+  return packed->data_ptr<float>();
+}
+
 std::vector<at::Tensor> forward_var(at::Tensor xg, at::Tensor h0, at::Tensor c0, at::Tensor w_hh,
                                     c10::optional<at::Tensor> w_hr,
                                     c10::optional<at::Tensor> mask, bool reverse, bool save,
@@ -1218,7 +1257,8 @@ std::vector<at::Tensor> forward_var(at::Tensor xg, at::Tensor h0, at::Tensor c0,
                                     c10::optional<at::Tensor> b_c, bool coupled, double clip,
                                     c10::optional<at::Tensor> h_mask,
                                     c10::optional<at::Tensor> zc, double zc_s,
-                                    c10::optional<at::Tensor> zh, double zh_s) {
+                                    c10::optional<at::Tensor> zh, double zh_s,
+                                    c10::optional<at::Tensor> packed) {
   TORCH_CHECK(xg.is_contiguous() && w_hh.is_contiguous(), "native: expects contiguous tensors");
   const int T = xg.size(0), B = xg.size(1), H = xg.size(2) / 4, P = w_hh.size(1), G = 4 * H;
   const auto opt = xg.options();
@@ -1240,6 +1280,7 @@ std::vector<at::Tensor> forward_var(at::Tensor xg, at::Tensor h0, at::Tensor c0,
   AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "lstm_native_forward_var", [&] {
     using S = scalar_t;
     auto v = make_var<S>(peep, g_hh, g_c, b_c, coupled, clip, h_mask, zc, zc_s, zh, zh_s);
+    v.packed = packed_float(packed, xg);  // W_hh^T from pack_rhs
     VarBufs<S> vb;
     auto p = [](at::Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; };
     vb.cnew = p(cnew);
@@ -1269,7 +1310,7 @@ std::vector<at::Tensor> backward_var(
     c10::optional<at::Tensor> zh, double zh_s, c10::optional<at::Tensor> cnew,
     c10::optional<at::Tensor> ghat, c10::optional<at::Tensor> grstd,
     c10::optional<at::Tensor> chat, c10::optional<at::Tensor> crstd,
-    c10::optional<at::Tensor> dcs) {
+    c10::optional<at::Tensor> dcs, c10::optional<at::Tensor> packed) {
   const int T = gates.size(0), B = gates.size(1), H = gates.size(2) / 4, P = w_hh.size(1);
   const auto opt = gates.options();
   const bool ln = g_hh.has_value() && g_hh->defined();
@@ -1290,6 +1331,7 @@ std::vector<at::Tensor> backward_var(
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_native_backward_var", [&] {
     using S = scalar_t;
     auto v = make_var<S>(peep, g_hh, g_c, b_c, coupled, clip, h_mask, zc, zc_s, zh, zh_s);
+    v.packed = packed_float(packed, gates);  // W_hh from pack_rhs
     VarBufs<S> vb;
     vb.cnew = const_cast<S*>(opt_ptr<S>(cnew));
     vb.ghat = const_cast<S*>(opt_ptr<S>(ghat));
@@ -1409,6 +1451,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pack_rhs", &pack_rhs, "float32 B packed for mm_packed");
   m.def("mm_packed", &mm_packed, "float32 A @ B (+ bias) on the register tiles");
   m.def("fma_peak", &fma_peak, "fp32 FMA throughput in GFLOP/s on n threads (a probe)");
+  m.def("tiles_for", &tiles_for, "whether B rows against this many weights take the tiles");
   m.def("has_tiles", &has_tiles, "whether the register tiles run here (AVX-512, not disabled)");
   m.def("pack", &pack, "W_hh packed for the tiled forward or backward steps, or undefined");
 }

@@ -171,11 +171,12 @@ inline void pack_b(const float* b, int64_t sk, int64_t sn, int K, int N, int k0,
   }
 }
 
-// Rows [m0, m1) of C (M, N) (ldc N) = A B (+ bias): A (M, K) row-major (lda) or, with AT,
-// stored transposed (a(m, k) = a[k * lda + m]); packed from pack_b; panels [u0, u1).
+// Rows [m0, m1) of C (M, N) (ldc N) = A B (+ bias; with acc, C += A B): A (M, K) row-major
+// (lda) or, with AT, stored transposed (a(m, k) = a[k * lda + m]); packed from pack_b;
+// panels [u0, u1).
 template <bool AT>
 void mm_block(const float* a, int lda, const float* packed, const float* bias, float* c, int K,
-              int N, int m0, int m1, int u0, int u1) {
+              int N, int m0, int m1, int u0, int u1, bool acc = false) {
   const int np = (N + kCols - 1) / kCols;
   alignas(64) float out[kMaxRows * kCols];
   for (int k0 = 0; k0 < K; k0 += kDepth) {
@@ -190,7 +191,7 @@ void mm_block(const float* a, int lda, const float* packed, const float* bias, f
         for (int r = 0; r < R; ++r) {
           float* cr = c + (int64_t)(r0 + r) * N + n0;
           const float* o = out + r * kCols;
-          if (k0 > 0) {
+          if (k0 > 0 || acc) {
             for (int l = 0; l < w; ++l) cr[l] += o[l];
           } else if (bias) {
             for (int l = 0; l < w; ++l) cr[l] = o[l] + bias[n0 + l];
