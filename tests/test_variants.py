@@ -492,3 +492,23 @@ def test_every_pair_of_features(backend, pair):
         _run(kw, shape, "reference", torch.float64, True),
         torch.float64,
     )
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", ["all", "peephole+zoneout+clip"])
+def test_native_variants_on_tiles_threads(name, threads):
+    """float32 variants take the register tiles for their per-step products (AVX-512 CPUs):
+    on one thread, then with two splitting every product (no work threshold)."""
+    from lstmkit.backends import native
+
+    kw, shape = VARIANTS[name], (2, True, 0, True)
+    ext, old = native.load(), torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        ext.set_tuning(16, 1 << 62 if threads == 1 else 0, True, 1)
+        ours = _run(kw, shape, "native", torch.float32, True)
+    finally:
+        ext.set_tuning(16, 1 << 16, True, 1)
+        torch.set_num_threads(old)
+    ref32 = _run(kw, shape, "reference", torch.float32, True)
+    _assert_as_accurate(ours, ref32, _run(kw, shape, "reference", torch.float64, True))
