@@ -9,10 +9,12 @@ which compiles on first use (and if it cannot, auto says so and uses fused). Dec
 builds it: :func:`lstmkit.backends.resolve` does that, only when the choice is about to run.
 
 Where native used to lose to torch.nn.LSTM (oneDNN) it now has its own answers rather than
-another backend: at small batches (B <= 2..16, more the larger H) its step product is a
-handwritten matrix-vector loop split over the intra-op threads (BLAS's sgemv read the
-weights at about half oneDNN's bandwidth on AMD), and inference projects the inputs in
-chunks of steps so the gate buffer stays in cache (it cost 2-3x at small H, large B*T).
+another backend: in float32 on AVX-512 CPUs its own register tiles run every product at the
+full vector width (MKL runs AVX2 code on AMD CPUs, half of it), with the weights packed once
+per call and the gate math fused into the step product; one or two batch rows against
+hidden-1024 weights keep the handwritten matrix-vector loops (BLAS's sgemv read the weights
+at about half oneDNN's bandwidth on AMD); and inference projects the inputs in chunks of
+steps so the gate buffer stays in cache (it cost 2-3x at small H, large B*T).
 """
 
 from __future__ import annotations

@@ -1,9 +1,14 @@
 """The native backend: the per-step recurrences in C++ (``lstm_native.cpp``), compiled at first use.
 
-The C++ loop calls BLAS directly for the per-step GEMMs (below a batch size that grows with H,
-its own threaded matrix-vector loops instead, see ``small_batch``) and runs the gate math as
-vectorised loops, so a step costs no tensor creation and no dispatcher round trip; the big
-GEMMs before and after the loop are shared with ``fused`` (see :mod:`lstmkit.backends._bptt`).
+In float32 on CPUs with AVX-512 every product runs on the extension's own register tiles
+(``tiles.h``): W_hh packed once per call, the gate math finished in each tile's epilogue, one
+parallel region for the whole time loop, and the big products before and after the loop
+(the input projection, the input and weight gradients: :meth:`NativeLoops.mm`) on the same
+tiles. Elsewhere (float64, a projection, other CPUs) the C++ loop calls BLAS directly for the
+per-step GEMMs (below a batch size that grows with H, its own threaded matrix-vector loops
+instead, see ``small_batch``) and runs the gate math as vectorised loops. Either way a step
+costs no tensor creation and no dispatcher round trip; the frame around the loops is shared
+with ``fused`` (see :mod:`lstmkit.backends._bptt`).
 
 The extension is built with ``torch.utils.cpp_extension.load`` into torch's extension cache
 (``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``) under a name that

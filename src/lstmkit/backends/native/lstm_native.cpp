@@ -1,7 +1,10 @@
 // The native CPU backend: the LSTM forward and backward recurrences as C++ loops.
 //
 // Only the per-step work lives here (see lstmkit/backends/_bptt.py for the frame and the
-// buffer layout): one GEMM per step straight into BLAS, and the gate math as plain loops over
+// buffer layout), plus the big products the frame asks for (mm_packed). Two ways to run a
+// step: float32 on AVX-512 CPUs, register tiles over weights packed once per call with the
+// gate math in each tile's epilogue (tiles.h, "Tiled steps" below); otherwise one GEMM per
+// step straight into BLAS (or the small-batch loops) and the gate math as plain loops over
 // contiguous arrays that the compiler vectorises. Per step there is no tensor creation and no
 // dispatcher call, which is what dominates at small hidden sizes and batches.
 //
