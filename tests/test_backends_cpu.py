@@ -456,3 +456,19 @@ def test_native_tiles_through_lstm(reverse):
     ]
     got = _run_and_grad(native, args32, lens, reverse)
     torch.testing.assert_close(got, [[t.float() for t in p] for p in want], **TOL[torch.float32])
+
+
+def test_native_packed_buffers_are_lent_not_shared():
+    """Packed weights reuse one buffer per kind between calls (native._Slots): a layer whose
+    buffer another layer has packed over since packs again, never reading the other's weight."""
+    if not _avx512():
+        pytest.skip("the tiles need AVX-512 (elsewhere nothing is packed)")
+    ext = native.load()
+    w1, w2 = torch.randn(64, 16), torch.randn(64, 16)
+    first, second = native.NativeLoops(ext), native.NativeLoops(ext)
+    p1 = first._pack(w1, 4, False).clone()
+    p2 = second._pack(w2, 4, False)  # packs into the same buffer
+    assert not torch.equal(p1, p2)
+    again = first._pack(w1, 4, False)
+    torch.testing.assert_close(again, p1, rtol=0, atol=0)
+    assert torch.equal(ext.pack(w1, 4, False, None), p1)

@@ -205,7 +205,7 @@ class _Slots(threading.local):
     and the previous one's ``holds`` turns false, so it packs again rather than read another
     weight. Buffers above KEEP_BYTES are not kept."""
 
-    KEEP_BYTES = 64 << 20
+    KEEP_BYTES = 32 << 20
 
     def __init__(self):
         self.slots = {}  # name -> (buffer, borrower)
