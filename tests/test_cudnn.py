@@ -61,6 +61,7 @@ def test_auto_on_cuda_says_why(monkeypatch):
     assert choice.name == "triton" and choice.reason.startswith("auto: cuda: bfloat16")
     assert policy_cuda.auto_cuda(_req(dtype=torch.bfloat16, H=64))[0] == "cudnn"
     assert policy_cuda.auto_cuda(_req(dtype=torch.bfloat16, B=256))[0] == "cudnn"
+    assert policy_cuda.auto_cuda(_req(dtype=torch.bfloat16, H=1024))[0] == "cudnn"
 
 
 _PRECISION_FLAGS = ("backends", "backends.cudnn", "backends.cudnn.rnn", "backends.cudnn.conv")
@@ -115,5 +116,7 @@ def test_tf32_follows_cudnns_rnn_flag_not_the_matmul_flag():
 def test_auto_on_cuda_float32_follows_tf32(tf32, want, monkeypatch):
     monkeypatch.setattr(tb, "_triton_installed", lambda: True)
     torch.backends.cudnn.allow_tf32 = tf32
-    name, why = policy_cuda.auto_cuda(_req(H=512, B=16))
+    name, why = policy_cuda.auto_cuda(_req(H=256, B=16))
     assert name == want and "TF32" in why
+    # hidden 512 measured slower than cuDNN on the H200 at TF32
+    assert policy_cuda.auto_cuda(_req(H=512, B=16))[0] == "cudnn"
