@@ -257,6 +257,18 @@ def timings(T, B, H, dev, reps, ref_reps, log) -> list[dict]:
     return rows
 
 
+def variant(name: str) -> str:
+    """A --variants entry: a name of VARIANTS, or FEATURES joined by '+' (added to VARIANTS)."""
+    if name not in VARIANTS:
+        feats = tuple(name.split("+"))
+        unknown = [f for f in feats if f not in FEATURES]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown variant {name!r}: expected one of "
+                                             f"{', '.join(VARIANTS)} or {'+'.join(FEATURES)}")  # fmt: skip
+        VARIANTS[name] = feats
+    return name
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes, kernels interpreted")
@@ -265,7 +277,9 @@ def main() -> int:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--ref-reps", type=int, default=3, help="the Python loop is slow")
-    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", type=variant, default=list(VARIANTS),
+                    help=f"names ({', '.join(VARIANTS)}) or features joined by '+' "
+                    "(layer_norm+cell_clip)")  # fmt: skip
     ap.add_argument("--fp32", action="store_true", help="TF32 off (cuDNN's RNN, matmuls, triton)")
     ap.add_argument("--check-only", action="store_true", help="no timings")
     args = ap.parse_args()
