@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", help="series names to run")
     ap.add_argument("--out", default="")
     ap.add_argument("--flags", default="", help="extra train flags for every series")
+    ap.add_argument("--keep", default="", help="folder to keep the run directories in")
     args = ap.parse_args(argv)
     from lstmkit.backtest import backtest
     from lstmkit.checkpoint import load_run
@@ -88,9 +89,10 @@ def main(argv=None) -> int:
             flags += shlex.split(args.flags)
             cfg = config_from_args(build_parser().parse_args(["train", *flags]))
             t0 = time.perf_counter()
-            train(cfg, Path(tmp) / s["name"], progress=False)
+            where = Path(args.keep or tmp) / s["name"]
+            train(cfg, where, progress=False, overwrite=where.exists())
             seconds = time.perf_counter() - t0
-            run = load_run(Path(tmp) / s["name"])
+            run = load_run(where)
             bt = backtest(run, args.windows, refit=args.refit, levels=(80, 95))
             inferred = run.task.meta["inferred"]
             sn = f"seasonal naive ({run.config.data.period})"

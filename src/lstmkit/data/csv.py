@@ -251,7 +251,37 @@ def _forecast_val(cfg, sp: cov.Spec, X, v, origins, end: int, n_train: int) -> d
     }
     if sp.any and not out["direct"]:
         out["known"] = torch.stack([X[o : o + H - 1] for o in origins])
+    out["calib"] = _calibration_origins(cfg, X, v, end, out)
     return out
+
+
+CALIBRATION_ORIGINS = 300  # the latest origins only: enough residuals per step, bounded cost
+
+
+def _calibration_origins(cfg, X, v, end: int, fv: dict) -> dict:
+    """Rolling origins over the training and validation parts (the latest
+    CALIBRATION_ORIGINS, one step apart), for prediction intervals by step ahead: contexts,
+    targets (NaN past ``end``), each context's local scale (:func:`local_scale`)."""
+    L, H = cfg.data.length, cfg.csv.horizon
+    origins = list(range(max(L, end - CALIBRATION_ORIGINS), end))
+    nan = torch.full((H,), math.nan)
+    out = {
+        "context": torch.stack([X[o - L : o] for o in origins]),
+        "target": torch.stack([torch.cat([v[o:end], nan])[:H] for o in origins]),
+        "direct": fv["direct"],
+    }
+    if "known" in fv:
+        out["known"] = torch.stack([X[o : o + H - 1] for o in origins])
+    out["local_scale"] = local_scale(out["context"][..., 0], fv["scale"])
+    return out
+
+
+def local_scale(windows: torch.Tensor, fallback: float) -> torch.Tensor:
+    """(N,) the mean absolute step of each window (N, L) of series values: the size of the
+    series' moves around a forecast origin, which its errors grow with (``fallback`` where a
+    window is constant)."""
+    s = windows.double().diff(dim=1).abs().mean(dim=1)
+    return torch.where(s > 0, s, torch.full_like(s, fallback))
 
 
 def _meta(cfg: RunConfig, raw: bytes, series: Series, n: int, scale: float) -> dict:
