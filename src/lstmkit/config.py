@@ -136,6 +136,9 @@ class CsvConfig:
     strategy: str = opt("auto", choices=("auto", "recursive", "direct"))
     # many series in one long-format file: the column naming each row's series ("" = one)
     id_column: str = opt("")
+    # the weights kept are the average of the N checkpoints with the best validation
+    # forecasts (the untrained reference forecast among them); 1: the best alone
+    average_best: int = opt(3, low=1, high=100)
 
 
 @dataclass
