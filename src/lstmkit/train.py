@@ -142,8 +142,10 @@ class _Session:
     steps_per_epoch: int = 0
     state: TrainState | None = None  # progress: epoch, step, history, best
     # forecasting runs: the best few checkpoints (validation, epoch, weights), best first,
-    # whose average the state's best weights are (see _keep_best)
+    # whose average the state's best weights are (the reference forecast, epoch 0, among
+    # the candidates), and the reference forecast's validation score (see _keep_best)
     snapshots: list[tuple[float, int, dict]] = field(default_factory=list)
+    reference_val: float = math.inf
 
 
 def train(
@@ -292,7 +294,9 @@ def _start(s: _Session) -> None:
     )
     if s.task.fv is not None:  # the reference forecast is a candidate too (epoch 0)
         s.state.best_val, s.state.best_epoch = _validate(s), 0
-        s.snapshots = _finite([(s.state.best_val, 0, s.state.best_weights)])
+        s.reference_val = s.state.best_val
+        s.snapshots = [(s.reference_val, 0, s.state.best_weights)]
+        s.snapshots = [m for m in s.snapshots if math.isfinite(m[0])]
     if s.ctx.is_main:
         with s.sig.held():
             save_run(s.work, s.cfg, s.task.facts, s.state.best_weights, s.task.scaler)
@@ -314,14 +318,21 @@ def _restore(s: _Session, st: TrainState) -> None:
         raise RunDirError(f"{where} does not fit its run ({first})") from None
     s.state, s.committed = st, st.epoch
     if s.task.fv is not None:  # the members are not saved: the average stands for them
-        s.snapshots = _finite([(st.best_val, st.best_epoch, st.best_weights)])
+        # the members are not saved: after a resume their average stands in for them
+        s.snapshots = [(st.best_val, st.best_epoch, st.best_weights)]
+        s.snapshots = [m for m in s.snapshots if math.isfinite(m[0])]
+        s.reference_val = _reference_val(s)
     if s.ctx.is_main:
         with s.sig.held():
             write_derived(s.work, st)
 
 
-def _finite(snapshots: list) -> list:
-    return [m for m in snapshots if math.isfinite(m[0])]
+def _reference_val(s: _Session) -> float:
+    """The validation score of the reference forecast: any weights with a zero head."""
+    model = copy.deepcopy(s.model)
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.zeros_(model.head.bias)
+    return forecast_error(model, s.task.scaler, s.task.fv, s.cfg.data.length, s.device)
 
 
 def _cpu(s: _Session) -> dict:
@@ -486,16 +497,16 @@ def _keep_best(s: _Session, val: float) -> None:
 
 def _guarded(s: _Session, weights: dict) -> dict:
     """``weights``, unless their validation forecasts are worse than the reference
-    forecast's (the same weights with a zero head, whatever the LSTM's): then those. The
-    average of good checkpoints is not always good itself."""
+    forecast's: then the same weights with a zero head (the reference forecast, whatever the
+    LSTM's weights). The average of good checkpoints is not always good itself."""
     model = copy.deepcopy(s.model)
     model.load_state_dict(weights)
-    args = (s.task.scaler, s.task.fv, s.cfg.data.length, s.device)
-    err = forecast_error(model, *args)
+    if forecast_error(model, s.task.scaler, s.task.fv, s.cfg.data.length, s.device) <= (
+        s.reference_val
+    ):
+        return weights
     torch.nn.init.zeros_(model.head.weight)
     torch.nn.init.zeros_(model.head.bias)
-    if err <= forecast_error(model, *args):
-        return weights
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
