@@ -122,3 +122,15 @@ def test_an_average_worse_than_the_reference_forecast_is_not_kept(tmp_path):
     m.load_state_dict(good)
     assert forecast_error(m, *args) < session.reference_val
     assert _guarded(session, good) is good
+
+
+def test_recursive_runs_average_three_checkpoints_and_direct_runs_keep_the_best(tmp_path):
+    from lstmkit.config import CsvConfig, DataConfig, RunConfig
+
+    path = _cycle(tmp_path)[3]
+    for strategy, k in (("recursive", 3), ("direct", 1), ("auto", 3)):
+        csv = CsvConfig(file=path, date_column="year", test_size=8, strategy=strategy)
+        cfg = tasks.resolve(RunConfig(data=DataConfig(task="csv"), csv=csv))
+        assert cfg.csv.average_best == k
+    csv = CsvConfig(file=path, date_column="year", test_size=8, strategy="direct", average_best=4)
+    assert tasks.resolve(RunConfig(data=DataConfig(task="csv"), csv=csv)).csv.average_best == 4

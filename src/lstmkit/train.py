@@ -483,7 +483,7 @@ def _keep_best(s: _Session, val: float) -> None:
     disagree mostly in that noise: averaging them measured better on held-out data than
     the single best (README, forecasting). The best member's score stays ``best_val``."""
     st = s.state
-    k = s.cfg.csv.average_best if s.task.fv is not None else 1
+    k = (s.cfg.csv.average_best or 1) if s.task.fv is not None else 1
     if k == 1:
         if val < st.best_val:
             st.best_val, st.best_epoch, st.best_weights = val, st.epoch, _cpu(s)

@@ -51,6 +51,7 @@ from lstmkit.data.csvread import (  # noqa: F401 (read, parse, read_series: the 
 from lstmkit.errors import ConfigError, DataError
 
 BUILTIN_DATES = "month"
+AVERAGE_BEST = 3  # checkpoints a recursive run averages (README: forecasting, acceptance)
 DEFAULTS = {  # period, length, horizon and scaling are learned from the data (infer)
     "csv.test_size": 24,
     "model.hidden_size": 32,
@@ -71,10 +72,11 @@ def _fit_part(n: int, test_size: int) -> int:
 
 
 def infer(cfg: RunConfig) -> None:
-    """Fill data.period, data.length, csv.horizon and data.scaling (when None or "auto")
-    from the series: the frequency's season checked against the autocorrelation, windows
-    of two seasons (at least 24 values), the test size as horizon, and the scaling whose
-    reference forecast does best on the training part (:mod:`lstmkit.timeseries`)."""
+    """Fill data.period, data.length, csv.horizon, data.scaling (when None or "auto") and
+    csv.average_best (by strategy) from the series: the frequency's season checked against
+    the autocorrelation, windows of two seasons (at least 24 values), the test size as
+    horizon, and the scaling whose reference forecast does best on the training part
+    (:mod:`lstmkit.timeseries`)."""
     d, c = cfg.data, cfg.csv
     past = cov.names(c.features)
     if c.strategy == "auto":  # past covariates have no known future: see data.covariates
@@ -87,6 +89,8 @@ def infer(cfg: RunConfig) -> None:
             "future is known"
         )
     sp = cov.spec(c, False, 1, _date_column(c))  # names checked before anything is written
+    if c.average_best is None:  # measured: it helped recursive runs, not direct ones
+        c.average_best = AVERAGE_BEST if c.strategy == "recursive" else 1
     if None not in (d.period, d.length, c.horizon) and d.scaling != "auto":
         return
     S = DEFAULTS["csv.test_size"] if c.test_size is None else c.test_size
