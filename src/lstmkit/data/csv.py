@@ -18,7 +18,9 @@ strategy (:mod:`lstmkit.data.covariates`); ``id_column`` reads many series
 - val: one window per validation value, predicting from the L steps before it (only the
   last step counted), and ``forecast_val``: every validation value as the origin of an
   H-step forecast (recursive or direct), scored up to the end of the part (what training
-  selects on);
+  selects on), and ``forecast_val["calib"]``: the latest CALIBRATION_ORIGINS values of the
+  training and validation parts as origins of H-step forecasts, with each window's local
+  scale (what prediction intervals are calibrated on, :func:`lstmkit.forecast.calibrate`);
 - test: one sequence x (1, L + S - 1, 1), S = test_size, whose last S targets are the test
   values; :mod:`lstmkit.evaluate` forecasts them from the first L values.
 
