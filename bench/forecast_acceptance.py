@@ -4,7 +4,8 @@ For each series shipped with statsmodels (written to CSV files first) this train
 task with only --csv --column --date-column --test-size (CO2 also needs --fill: its weekly
 record has gaps) and scores the held-out test part with ``lstmkit backtest`` (one window by
 default: the test part itself; --windows K adds earlier origins, --refit retrains for
-each). Prints a markdown table and writes JSON.
+each). Prints a markdown table (MASE, the 80% intervals' coverage of the test values, training
+seconds) and writes JSON.
 
     python bench/forecast_acceptance.py [--windows K] [--refit] [--out results.json]
         [--flags "--strategy direct"]   (extra train flags, the same for every series)
@@ -72,6 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", help="series names to run")
     ap.add_argument("--out", default="")
     ap.add_argument("--flags", default="", help="extra train flags for every series")
+    ap.add_argument("--keep", default="", help="folder to keep the run directories in")
     args = ap.parse_args(argv)
     from lstmkit.backtest import backtest
     from lstmkit.checkpoint import load_run
@@ -88,9 +90,10 @@ def main(argv=None) -> int:
             flags += shlex.split(args.flags)
             cfg = config_from_args(build_parser().parse_args(["train", *flags]))
             t0 = time.perf_counter()
-            train(cfg, Path(tmp) / s["name"], progress=False)
+            where = Path(args.keep or tmp) / s["name"]
+            train(cfg, where, progress=False, overwrite=where.exists())
             seconds = time.perf_counter() - t0
-            run = load_run(Path(tmp) / s["name"])
+            run = load_run(where)
             bt = backtest(run, args.windows, refit=args.refit, levels=(80, 95))
             inferred = run.task.meta["inferred"]
             sn = f"seasonal naive ({run.config.data.period})"
@@ -110,32 +113,44 @@ def main(argv=None) -> int:
             }
             results.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
+    print(table(results))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def table(results: list[dict]) -> str:
+    """The markdown table: MASE per method, 80% interval coverage, training seconds."""
     cols = ("LSTM", "seasonal naive", "ETS", "Theta", "ARIMA")
-    print("| series | freq | n | H | period | scaling | " + " | ".join(cols) + " |")
-    print("|---" * (6 + len(cols)) + "|")
+    head = "| series | freq | n | H | period | scaling | " + " | ".join(cols)
+    lines = [head + " | 80% coverage | train s |", "|---" * (8 + len(cols)) + "|"]
     for r in results:
         vals = [r["mase"]["LSTM"], r["seasonal_naive"]] + [
             r["mase"].get(c, np.nan) for c in cols[2:]
         ]
-        print(
-            f"| {r['series']} | {r['frequency']} | {r['values']} | {r['test']} | {r['period']} | "
-            f"{r['scaling']} | " + " | ".join(f"{v:.3f}" for v in vals) + " |"
+        lines.append(
+            f"| {r['series']} | {r['frequency']} | {r['values']} | {r['test']} | {r['period']} "
+            f"| {r['scaling']} | "
+            + " | ".join(f"{v:.3f}" for v in vals)
+            + f" | {100 * r['coverage']['80']:.1f}% | {r['train_s']} |"
         )
-    means = {
-        c: np.mean([r["mase"].get(c, np.nan) for r in results])
-        for c in cols
-        if c != "seasonal naive"
-    }
+    means = {c: np.mean([r["mase"].get(c, np.nan) for r in results]) for c in cols}
     means["seasonal naive"] = np.mean([r["seasonal_naive"] for r in results])
-    print("| mean | | | | | | " + " | ".join(f"{means[c]:.3f}" for c in cols) + " |")
-    beats = sum(r["mase"]["LSTM"] < r["seasonal_naive"] for r in results)
-    print(
-        f"\nLSTM beats seasonal naive on {beats} of {len(results)} series; mean MASE LSTM "
-        f"{means['LSTM']:.3f} vs ETS {means['ETS']:.3f}"
+    cover = np.mean([r["coverage"]["80"] for r in results])
+    seconds = sum(r["train_s"] for r in results)
+    lines.append(
+        "| mean | | | | | | "
+        + " | ".join(f"{means[c]:.3f}" for c in cols)
+        + f" | {100 * cover:.1f}% | {seconds:.1f} (sum) |"
     )
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    beats = sum(r["mase"]["LSTM"] < r["seasonal_naive"] for r in results)
+    inside = sum(0.7 <= r["coverage"]["80"] <= 0.9 for r in results)
+    lines.append(
+        f"\nLSTM beats seasonal naive on {beats} of {len(results)} series; mean MASE LSTM "
+        f"{means['LSTM']:.3f} vs ETS {means['ETS']:.3f}; 80% intervals cover 70-90% of the "
+        f"test values on {inside} of {len(results)} series (mean {100 * cover:.1f}%)"
+    )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -249,7 +249,8 @@ def _one(run, cfg, series, windows, step, refit, levels, classical, scale=1.0) -
             model_run = _refit(cfg, o, tmp) if refit else run
             fc = _forecast(model_run, series, o, H, scale)
             preds = {"LSTM": fc * scale}
-            bands = {lv: [b * scale for b in intervals(model_run, fc, lv)] for lv in levels}
+            ctx = np.asarray(history, dtype=np.float64) / scale  # the forecast's own units
+            bands = {lv: [b * scale for b in intervals(model_run, fc, lv, ctx)] for lv in levels}
         preds.update(naive_forecasts(history, H, p))
         if classical:
             preds.update(classical_forecasts(history, H, p))

@@ -136,6 +136,10 @@ class CsvConfig:
     strategy: str = opt("auto", choices=("auto", "recursive", "direct"))
     # many series in one long-format file: the column naming each row's series ("" = one)
     id_column: str = opt("")
+    # the weights kept are the average of the N checkpoints with the best validation
+    # forecasts (the untrained reference forecast among them); 1: the best alone;
+    # None: 3 for the recursive strategy, 1 for direct (where averaging measured no gain)
+    average_best: int | None = opt(None, task_default=True, low=1, high=100)
 
 
 @dataclass

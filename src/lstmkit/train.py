@@ -9,11 +9,12 @@ a full disk and a NaN loss end the run with one line saying what was kept and wh
 
 from __future__ import annotations
 
+import copy
 import math
 import shlex
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -140,6 +141,11 @@ class _Session:
     device: torch.device | None = None
     steps_per_epoch: int = 0
     state: TrainState | None = None  # progress: epoch, step, history, best
+    # forecasting runs: the best few checkpoints (validation, epoch, weights), best first,
+    # whose average the state's best weights are (the reference forecast, epoch 0, among
+    # the candidates), and the reference forecast's validation score (see _keep_best)
+    snapshots: list[tuple[float, int, dict]] = field(default_factory=list)
+    reference_val: float = math.inf
 
 
 def train(
@@ -288,6 +294,9 @@ def _start(s: _Session) -> None:
     )
     if s.task.fv is not None:  # the reference forecast is a candidate too (epoch 0)
         s.state.best_val, s.state.best_epoch = _validate(s), 0
+        s.reference_val = s.state.best_val
+        s.snapshots = [(s.reference_val, 0, s.state.best_weights)]
+        s.snapshots = [m for m in s.snapshots if math.isfinite(m[0])]
     if s.ctx.is_main:
         with s.sig.held():
             save_run(s.work, s.cfg, s.task.facts, s.state.best_weights, s.task.scaler)
@@ -308,9 +317,22 @@ def _restore(s: _Session, st: TrainState) -> None:
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise RunDirError(f"{where} does not fit its run ({first})") from None
     s.state, s.committed = st, st.epoch
+    if s.task.fv is not None:  # the members are not saved: the average stands for them
+        # the members are not saved: after a resume their average stands in for them
+        s.snapshots = [(st.best_val, st.best_epoch, st.best_weights)]
+        s.snapshots = [m for m in s.snapshots if math.isfinite(m[0])]
+        s.reference_val = _reference_val(s)
     if s.ctx.is_main:
         with s.sig.held():
             write_derived(s.work, st)
+
+
+def _reference_val(s: _Session) -> float:
+    """The validation score of the reference forecast: any weights with a zero head."""
+    model = copy.deepcopy(s.model)
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.zeros_(model.head.bias)
+    return forecast_error(model, s.task.scaler, s.task.fv, s.cfg.data.length, s.device)
 
 
 def _cpu(s: _Session) -> dict:
@@ -447,12 +469,55 @@ def _end_epoch(s: _Session, train_loss: float, clock: _Clock) -> bool:
             "seconds": st.seconds,
         }
     )
-    if val < st.best_val:
-        st.best_val, st.best_epoch, st.best_weights = val, st.epoch, _cpu(s)
+    _keep_best(s, val)
     patience = s.cfg.train.patience
     stop = patience > 0 and st.epoch - st.best_epoch >= patience
     # one decision for every rank (rank 0's clock)
     return stop | (distributed.broadcast_value(ctx, float(clock.out_of_time())) > 0)
+
+
+def _keep_best(s: _Session, val: float) -> None:
+    """Keep this epoch's weights if they are the best so far; a forecasting run keeps the
+    average of its ``csv.average_best`` best checkpoints instead. The choice among ~60
+    checkpoints on one short validation part is noisy, and neighbouring good checkpoints
+    disagree mostly in that noise: averaging them measured better on held-out data than
+    the single best (README, forecasting). The best member's score stays ``best_val``."""
+    st = s.state
+    k = (s.cfg.csv.average_best or 1) if s.task.fv is not None else 1
+    if k == 1:
+        if val < st.best_val:
+            st.best_val, st.best_epoch, st.best_weights = val, st.epoch, _cpu(s)
+        return
+    if not math.isfinite(val) or (len(s.snapshots) == k and val >= s.snapshots[-1][0]):
+        return  # a diverged forecast is never a member
+    s.snapshots = sorted([*s.snapshots, (val, st.epoch, _cpu(s))], key=lambda m: m[0])[:k]
+    st.best_val, st.best_epoch = s.snapshots[0][0], s.snapshots[0][1]
+    st.best_weights = _guarded(s, average_weights([w for _, _, w in s.snapshots]))
+
+
+def _guarded(s: _Session, weights: dict) -> dict:
+    """``weights``, unless their validation forecasts are worse than the reference
+    forecast's: then the same weights with a zero head (the reference forecast, whatever the
+    LSTM's weights). The average of good checkpoints is not always good itself."""
+    model = copy.deepcopy(s.model)
+    model.load_state_dict(weights)
+    if forecast_error(model, s.task.scaler, s.task.fv, s.cfg.data.length, s.device) <= (
+        s.reference_val
+    ):
+        return weights
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.zeros_(model.head.bias)
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def average_weights(members: list[dict]) -> dict:
+    """The element-wise mean of state_dicts of one architecture (non-float entries: the
+    first member's)."""
+    first = members[0]
+    return {
+        name: torch.stack([m[name] for m in members]).mean(0) if t.is_floating_point() else t
+        for name, t in first.items()
+    }
 
 
 def _finish(s: _Session) -> Result:

@@ -18,7 +18,9 @@ strategy (:mod:`lstmkit.data.covariates`); ``id_column`` reads many series
 - val: one window per validation value, predicting from the L steps before it (only the
   last step counted), and ``forecast_val``: every validation value as the origin of an
   H-step forecast (recursive or direct), scored up to the end of the part (what training
-  selects on);
+  selects on), and ``forecast_val["calib"]``: the latest CALIBRATION_ORIGINS values of the
+  training and validation parts as origins of H-step forecasts, with each window's local
+  scale (what prediction intervals are calibrated on, :func:`lstmkit.forecast.calibrate`);
 - test: one sequence x (1, L + S - 1, 1), S = test_size, whose last S targets are the test
   values; :mod:`lstmkit.evaluate` forecasts them from the first L values.
 
@@ -51,6 +53,7 @@ from lstmkit.data.csvread import (  # noqa: F401 (read, parse, read_series: the 
 from lstmkit.errors import ConfigError, DataError
 
 BUILTIN_DATES = "month"
+AVERAGE_BEST = 3  # checkpoints a recursive run averages (README: forecasting, acceptance)
 DEFAULTS = {  # period, length, horizon and scaling are learned from the data (infer)
     "csv.test_size": 24,
     "model.hidden_size": 32,
@@ -71,10 +74,11 @@ def _fit_part(n: int, test_size: int) -> int:
 
 
 def infer(cfg: RunConfig) -> None:
-    """Fill data.period, data.length, csv.horizon and data.scaling (when None or "auto")
-    from the series: the frequency's season checked against the autocorrelation, windows
-    of two seasons (at least 24 values), the test size as horizon, and the scaling whose
-    reference forecast does best on the training part (:mod:`lstmkit.timeseries`)."""
+    """Fill data.period, data.length, csv.horizon, data.scaling (when None or "auto") and
+    csv.average_best (by strategy) from the series: the frequency's season checked against
+    the autocorrelation, windows of two seasons (at least 24 values), the test size as
+    horizon, and the scaling whose reference forecast does best on the training part
+    (:mod:`lstmkit.timeseries`)."""
     d, c = cfg.data, cfg.csv
     past = cov.names(c.features)
     if c.strategy == "auto":  # past covariates have no known future: see data.covariates
@@ -87,6 +91,8 @@ def infer(cfg: RunConfig) -> None:
             "future is known"
         )
     sp = cov.spec(c, False, 1, _date_column(c))  # names checked before anything is written
+    if c.average_best is None:  # measured: it helped recursive runs, not direct ones
+        c.average_best = AVERAGE_BEST if c.strategy == "recursive" else 1
     if None not in (d.period, d.length, c.horizon) and d.scaling != "auto":
         return
     S = DEFAULTS["csv.test_size"] if c.test_size is None else c.test_size
@@ -251,7 +257,37 @@ def _forecast_val(cfg, sp: cov.Spec, X, v, origins, end: int, n_train: int) -> d
     }
     if sp.any and not out["direct"]:
         out["known"] = torch.stack([X[o : o + H - 1] for o in origins])
+    out["calib"] = _calibration_origins(cfg, X, v, end, out)
     return out
+
+
+CALIBRATION_ORIGINS = 300  # the latest origins only: enough residuals per step, bounded cost
+
+
+def _calibration_origins(cfg, X, v, end: int, fv: dict) -> dict:
+    """Rolling origins over the training and validation parts (the latest
+    CALIBRATION_ORIGINS, one step apart), for prediction intervals by step ahead: contexts,
+    targets (NaN past ``end``), each context's local scale (:func:`local_scale`)."""
+    L, H = cfg.data.length, cfg.csv.horizon
+    origins = list(range(max(L, end - CALIBRATION_ORIGINS), end))
+    nan = torch.full((H,), math.nan)
+    out = {
+        "context": torch.stack([X[o - L : o] for o in origins]),
+        "target": torch.stack([torch.cat([v[o:end], nan])[:H] for o in origins]),
+        "direct": fv["direct"],
+    }
+    if "known" in fv:
+        out["known"] = torch.stack([X[o : o + H - 1] for o in origins])
+    out["local_scale"] = local_scale(out["context"][..., 0], fv["scale"])
+    return out
+
+
+def local_scale(windows: torch.Tensor, fallback: float) -> torch.Tensor:
+    """(N,) the mean absolute step of each window (N, L) of series values: the size of the
+    series' moves around a forecast origin, which its errors grow with (``fallback`` where a
+    window is constant)."""
+    s = windows.double().diff(dim=1).abs().mean(dim=1)
+    return torch.where(s > 0, s, torch.full_like(s, fallback))
 
 
 def _meta(cfg: RunConfig, raw: bytes, series: Series, n: int, scale: float) -> dict:
