@@ -178,3 +178,13 @@ def test_flags_follow_the_config_sections_and_a_flag_name_in_metadata(monkeypatc
     assert vars(args)["extra.n_things"] == 7 and vars(args)["extra.ratio"] == 0.25
     with pytest.raises(LstmkitError, match="unrecognized arguments: --ratio"):
         build_parser().parse_args(["train", "--ratio", "0.25"])
+
+
+def test_resume_reports_the_runs_own_task(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--task", "sine", "--epochs", "2", "--hidden-size", "4"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    said = capsys.readouterr().out
+    assert "trained sine: 2 epochs" in said and "counting" not in said

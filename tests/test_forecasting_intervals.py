@@ -126,3 +126,18 @@ def test_a_damaged_step_calibration_is_refused(walk_run, tmp_path, payload):
     (copy / "intervals.json").write_text(json.dumps(payload))
     with pytest.raises(RunDirError, match="intervals.json is corrupted"):
         intervals(load_run(copy), [1.0, 2.0], 80)
+
+
+def test_predict_level_widths_follow_the_values_given(walk_run, capsys):
+    """predict --level scales the widths by the local scale of the values it forecasts
+    from, not by the scale saved at training: a calmer context gives narrower intervals."""
+    base = 100 + np.cumsum(np.random.default_rng(5).normal(0.0, 1.0, 30))
+    halves = []
+    for k in (1.0, 0.25):  # the same path with steps a quarter as large
+        values = base[0] + k * (base - base[0])
+        args = ["predict", "--run", str(walk_run), "--horizon", "4", "--level", "80", "--json"]
+        assert main([*args, *(f"{v:.6f}" for v in values)]) == 0
+        out = json.loads(capsys.readouterr().out)
+        halves.append((np.array(out["hi_80"]) - np.array(out["lo_80"])) / 2)
+    # the local scale is the mean absolute step: a quarter, so are the widths
+    np.testing.assert_allclose(halves[1] / halves[0], 0.25, rtol=1e-6)

@@ -79,6 +79,13 @@ def test_predict_one_id_or_all_rows_carry_the_id(panel_run, tmp_path, capsys):
     for a, b in zip(gdp, gdp_k, strict=True):  # scaled back per series
         assert b == pytest.approx(1000 * a, rel=1e-4)
     assert all(float(r[3]) <= float(r[2]) <= float(r[4]) for r in rows)
+    # calibrated by step ahead on every series' rolling origins, each series' widths from
+    # its own recent moves: gdp_k is gdp x 1000, so are its intervals
+    cal = json.loads((out / "intervals.json").read_text())
+    assert len(cal["scaled_residuals_by_step"]["model"]) == 8
+    width = {k: [float(r[4]) - float(r[3]) for r in rows if r[0] == k] for k in ("gdp", "gdp_k")}
+    for a, b in zip(width["gdp"], width["gdp_k"], strict=True):
+        assert b == pytest.approx(1000 * a, rel=1e-3)
     capsys.readouterr()
     assert main(["predict", "--run", str(out), "--id", "inv", "--horizon", "3", "--json"]) == 0
     one = json.loads(capsys.readouterr().out)

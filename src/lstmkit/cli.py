@@ -107,12 +107,19 @@ def cmd_train(args) -> int:
         return 0
     stop = " (stopped early)" if res.stopped_early else ""
     _print_inferred(res.path)
+    task = _saved_task(res.path)  # --resume: the run's own task, not the flags' default
     print(
-        f"trained {cfg.data.task}: {res.epochs} epochs{stop}, train loss {res.train_loss:.3g}, "
+        f"trained {task}: {res.epochs} epochs{stop}, train loss {res.train_loss:.3g}, "
         f"validation loss {res.val_loss:.3g} (best {res.best_val_loss:.3g}), "
         f"{res.seconds:.1f} s -> {res.path}"
     )
     return 0
+
+
+def _saved_task(run_dir) -> str:
+    from lstmkit.checkpoint import CONFIG
+
+    return json.loads((run_dir / CONFIG).read_text())["config"]["data"]["task"]
 
 
 def _print_inferred(run_dir) -> None:
@@ -153,7 +160,7 @@ def cmd_predict(args) -> int:
     if args.horizon is not None:
         pred = forecast(run, values, args.horizon)
         if args.level or target:
-            return _forecast_out(run, pred, args, dates, target)
+            return _forecast_out(run, pred, args, dates, target, values)
     else:
         pred = predict_steps(run, values)
     # None: no prediction at that step (seasonal scaling, first period): null / "-"
@@ -182,11 +189,11 @@ def _predict_rows(run, args, target) -> int:
     for key in list(scales) if args.id is None else [args.id]:
         s, f = context_series(run, args.csv or c.file, key)
         fc = series_forecasts(run, s, horizon)[0]
-        rows.append((key, s.dates, fc.double() * f, f, fc.tolist()))
+        rows.append((key, s.dates, fc.double() * f, f, fc.tolist(), s.values))
     if not c.id_column:
-        key, dates, fc, _, _ = rows[0]
+        key, dates, fc, _, _, context = rows[0]
         if args.level or target:
-            return _forecast_out(run, fc.tolist(), args, dates, target)
+            return _forecast_out(run, fc.tolist(), args, dates, target, context)
         print(json.dumps(fc.tolist()) if args.json else " ".join(f"{v:.2f}" for v in fc))
         return 0
     return _panel_out(run, rows, args, target)
@@ -201,12 +208,12 @@ def _panel_out(run, rows, args, target) -> int:
     table = {"id": [], "date": [], "forecast": []}
     for lv in args.level or []:
         table[f"lo_{lv:g}"], table[f"hi_{lv:g}"] = [], []
-    for key, dates, fc, f, relative in rows:
+    for key, dates, fc, f, relative, context in rows:
         table["id"] += [key] * len(fc)
         table["date"] += _forecast_dates(run, dates, len(fc))
         table["forecast"] += fc.tolist()
         for lv in args.level or []:
-            lo, hi = intervals(run, relative, lv)
+            lo, hi = intervals(run, relative, lv, context)  # widths from this series' scale
             table[f"lo_{lv:g}"] += (lo * f).tolist()
             table[f"hi_{lv:g}"] += (hi * f).tolist()
     text = [",".join(table)] + [
@@ -266,15 +273,16 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _forecast_out(run, pred: list[float], args, dates, target) -> int:
-    """Forecasts with their intervals (--level), printed and/or written (--out) as dated
-    rows: date, forecast[, lo_L, hi_L ...]."""
+def _forecast_out(run, pred: list[float], args, dates, target, context) -> int:
+    """Forecasts with their intervals (--level, as wide as ``context``'s local scale: the
+    values the forecast started from), printed and/or written (--out) as dated rows: date,
+    forecast[, lo_L, hi_L ...]."""
     from lstmkit.checkpoint import atomic_write
     from lstmkit.forecast import intervals
 
     cols = {"forecast": pred}
     for lv in args.level or []:
-        lo, hi = intervals(run, pred, lv)
+        lo, hi = intervals(run, pred, lv, context)
         cols[f"lo_{lv:g}"], cols[f"hi_{lv:g}"] = lo.tolist(), hi.tolist()
     when = _forecast_dates(run, dates, len(pred))
     if target:

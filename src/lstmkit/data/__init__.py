@@ -89,7 +89,9 @@ class TaskData:
     default_scaling: str = "standard"
     # Multi-step validation (csv): context (N, L, 1), target (N, H) and the MASE scale; when
     # set, validation scores H-step recursive forecasts and the head starts at zero (the
-    # untrained model makes the scaling's reference forecast, see lstmkit.timeseries).
+    # untrained model makes the scaling's reference forecast, see lstmkit.timeseries);
+    # "calib": rolling origins over training and validation that prediction intervals are
+    # calibrated on (lstmkit.forecast.calibrate).
     forecast_val: dict | None = None
     meta: dict = field(default_factory=dict)
 

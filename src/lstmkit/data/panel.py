@@ -99,11 +99,20 @@ def _pool(splits: list[Split]) -> Split:
 
 
 def _pool_fv(fvs: list[dict]) -> dict:
-    out = {k: torch.cat([f[k] for f in fvs]) for k in ("context", "target")}
-    if "known" in fvs[0]:
-        out["known"] = torch.cat([f["known"] for f in fvs])
-    out["direct"] = fvs[0]["direct"]
+    """The series' validation forecasts as one set, their calibration origins ("calib") too:
+    every series is in relative units (divided by its own scale), so their errors pool."""
+    out = _pool_origins(fvs, ("context", "target"))
     out["scale"] = sum(f["scale"] for f in fvs) / len(fvs)  # relative units: comparable
+    if all("calib" in f for f in fvs):
+        out["calib"] = _pool_origins([f["calib"] for f in fvs], ("context", "target", "local_scale"))
+    return out
+
+
+def _pool_origins(parts: list[dict], keys: tuple[str, ...]) -> dict:
+    out = {k: torch.cat([p[k] for p in parts]) for k in keys}
+    if "known" in parts[0]:
+        out["known"] = torch.cat([p["known"] for p in parts])
+    out["direct"] = parts[0]["direct"]
     return out
 
 
