@@ -170,8 +170,9 @@ def check(T, B, H, dev, log, variants) -> list[dict]:
         lens = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(1))
         lens[0] = T
         res = []
+        same_dtype = torch.float64 if tf32 else torch.float32
         contestants = ((reference, "cpu", torch.float64, False), (tb, dev, torch.float32, False),
-                       (reference, "cpu", torch.float64 if tf32 else torch.float32, tf32))  # fmt: skip
+                       (reference, "cpu", same_dtype, tf32))  # fmt: skip
         for backend, dev_, dtype, emulate in contestants:
             t, p, m = to(case, dev_, dtype, True)
             if emulate:
@@ -263,8 +264,8 @@ def variant(name: str) -> str:
         feats = tuple(name.split("+"))
         unknown = [f for f in feats if f not in FEATURES]
         if unknown:
-            raise argparse.ArgumentTypeError(f"unknown variant {name!r}: expected one of "
-                                             f"{', '.join(VARIANTS)} or {'+'.join(FEATURES)}")  # fmt: skip
+            known = f"{', '.join(VARIANTS)} or {'+'.join(FEATURES)}"
+            raise argparse.ArgumentTypeError(f"unknown variant {name!r}: expected one of {known}")
         VARIANTS[name] = feats
     return name
 

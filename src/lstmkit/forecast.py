@@ -113,13 +113,13 @@ def recursive(model, scaler, x: torch.Tensor, horizon: int, window: int) -> torc
 def calibrate(model, scaler, fv: dict, window: int) -> dict:
     """What :func:`intervals` widens forecasts by.
 
-    With rolling origins (``fv["calib"]``; a many-series run pools every series'): for each step ahead h, the
-    sorted absolute errors of the H-step forecasts from every origin over the training and
-    validation parts, divided by the local scale of the origin's window, both for the model
-    and for its reference forecast (the zero-output model). The model's own errors on data
-    it trained on are optimistic; the reference forecast fitted nothing, so its errors are
-    honest, and :func:`intervals` takes the wider of the two quantiles. Without (too short
-    a series): the validation residuals divided by sqrt(h), pooled."""
+    With rolling origins (``fv["calib"]``; a many-series run pools every series'): for each
+    step ahead h, the sorted absolute errors of the H-step forecasts from every origin over
+    the training and validation parts, divided by the local scale of the origin's window,
+    both for the model and for its reference forecast (the zero-output model). The model's
+    own errors on data it trained on are optimistic; the reference forecast fitted nothing,
+    so its errors are honest, and :func:`intervals` takes the wider of the two quantiles.
+    Without (too short a series): the validation residuals divided by sqrt(h), pooled."""
     cal = fv.get("calib")
     if cal is None or not len(cal["target"]):
         return _calibrate_pooled(model, scaler, fv, window)

@@ -104,7 +104,8 @@ def _pool_fv(fvs: list[dict]) -> dict:
     out = _pool_origins(fvs, ("context", "target"))
     out["scale"] = sum(f["scale"] for f in fvs) / len(fvs)  # relative units: comparable
     if all("calib" in f for f in fvs):
-        out["calib"] = _pool_origins([f["calib"] for f in fvs], ("context", "target", "local_scale"))
+        calib = [f["calib"] for f in fvs]
+        out["calib"] = _pool_origins(calib, ("context", "target", "local_scale"))
     return out
 
 
