@@ -15,7 +15,8 @@ each cell repeats until its time budget is spent (at least ``--min-reps`` times)
 medians. Cells too slow for the tutorial loop leave it out; in big cells the backend ``auto``
 picks is not timed a second time (it is marked "=auto"); the single largest cell (T=1000,
 B=256, H=1024: minutes per repetition, > 10 GB) runs only with ``--full``. Ratios are
-ours / nn.LSTM (below 1 is faster); the summary has their geometric mean and maximum per
+ours / nn.LSTM (below 1 is faster), each the median over rounds of the two times measured in
+the same round (:func:`paired_ratios`); the summary has their geometric mean and maximum per
 backend. Each cell also gets a roofline: the machine's own limits are measured first (peak
 GEMM GFLOP/s and copy bandwidth, :func:`probe_machine`), and for nn.LSTM and auto the table
 gives the achieved GFLOP/s, whether the cell is compute- or memory-bound, and the share of
@@ -181,10 +182,25 @@ def bench_cell(H, B, T, mode, names, budget_s=2.0, min_reps=3, max_reps=200, see
         cell["aliased"] = aliased
     if "auto" in models:
         cell["auto"] = list(models["auto"].backend_choice(x))
-    base = cell["median_s"].get("nn.LSTM")
-    if base:
-        cell["ratio"] = {n: t / base for n, t in cell["median_s"].items() if n != "nn.LSTM"}
+    if "nn.LSTM" in times:
+        cell["ratio"] = paired_ratios(times)
+        for n, same in aliased.items():
+            cell["ratio"][n] = cell["ratio"][same]
     return cell
+
+
+def paired_ratios(times: dict[str, list[float]]) -> dict[str, float]:
+    """Per contestant, the median over rounds of its time / nn.LSTM's time in the same round.
+    Each round runs every contestant once, back to back, so a change in the machine's speed
+    between rounds (other tenants, clocks) cancels in the round's ratio; the ratio of the two
+    medians would not cancel it (seen here: one cell's medians 175 / 145 ms in one run and
+    60 / 93 ms in the next)."""
+    base = times["nn.LSTM"]
+    return {
+        n: statistics.median(a / b for a, b in zip(v, base, strict=True))
+        for n, v in times.items()
+        if n != "nn.LSTM"
+    }
 
 
 def contestants(H, B, T, with_tutorial=True) -> tuple[list[str], dict[str, str]]:

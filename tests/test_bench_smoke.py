@@ -101,3 +101,12 @@ def test_variants_quality_quick_run_writes_its_tables(tmp_path, capsys):
     assert all(r["test_mse"] >= 0 for r in result["adding"])
     printed = capsys.readouterr().out
     assert "| zoneout 0.5,0.05 |" in printed and "| 40 | chrono (t_max = T) |" in printed
+
+
+def test_ratios_pair_the_contestants_round_by_round(bench):
+    # the machine's speed changes between rounds (x1, x3, x2) and auto hits one hiccup:
+    # paired 0.5, 0.5, 1.25 -> 0.5, where the ratio of the medians (3 / 4) says 0.75
+    times = {"nn.LSTM": [2.0, 6.0, 4.0], "auto": [1.0, 3.0, 5.0]}
+    assert bench.paired_ratios(times) == {"auto": 0.5}
+    times = {"nn.LSTM": [1.0, 2.0, 3.0], "native": [3.0, 2.0, 1.0]}
+    assert bench.paired_ratios(times) == {"native": 1.0}  # ratios 3, 1, 1/3
