@@ -2,6 +2,7 @@
 
     python bench/bench_cpu.py [--quick] [--out bench/results_cpu.json]
     python bench/bench_cpu.py --cells infer:1024:1:100,train:256:1:1000 --backends native
+    python bench/bench_cpu.py --cells both:256:16:100 --backends native,fused --dtype bfloat16
     python bench/bench_cpu.py --variants     (the variants: see bench/bench_variants.py)
 
 ``--cells`` (mode:H:B:T, mode infer, train or both) and ``--backends`` time a few cells
@@ -91,16 +92,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _models(H: int, names: list[str]) -> dict[str, nn.Module]:
-    ref = nn.LSTM(H, H)
+def _models(H: int, names: list[str], dtype=torch.float32) -> dict[str, nn.Module]:
+    ref = nn.LSTM(H, H).to(dtype)
     models: dict[str, nn.Module] = {}
     for name in names:
         if name == "nn.LSTM":
             models[name] = ref
         elif name == "tutorial":
-            models[name] = TutorialLSTM(H, H)
+            models[name] = TutorialLSTM(H, H).to(dtype)
         else:
-            m = lstmkit.LSTM(H, H, backend=name)
+            m = lstmkit.LSTM(H, H, backend=name).to(dtype)
             m.load_state_dict(ref.state_dict())
             models[name] = m
     return models
@@ -153,16 +154,18 @@ def time_round_robin(models, x, gout, mode, budget_s, min_reps, max_reps, warm=N
     return times
 
 
-def bench_cell(H, B, T, mode, names, budget_s=2.0, min_reps=3, max_reps=200, seed=0) -> dict:
+def bench_cell(
+    H, B, T, mode, names, budget_s=2.0, min_reps=3, max_reps=200, seed=0, dtype=torch.float32
+) -> dict:
     """Median seconds per contestant for one (H, B, T, mode) cell, interleaved round robin.
 
     In big cells (T*B*H^2 > ALIAS_WORK, seconds per repetition) the backend ``auto`` picks is
     not timed twice: ``auto`` only dispatches to it, so it gets auto's time, marked "aliased".
     """
     torch.manual_seed(seed)
-    models = _models(H, names)
-    x = torch.randn(T, B, H)
-    gout = torch.randn(T, B, H)
+    models = _models(H, names, dtype)
+    x = torch.randn(T, B, H).to(dtype)
+    gout = torch.randn(T, B, H).to(dtype)
     big = T * B * H * H > ALIAS_WORK
     aliased = {}
     if big and "auto" in models:
@@ -246,12 +249,16 @@ def parse_cells(spec: str) -> list[tuple[str, int, int, int]]:
     return cells
 
 
-def run_cells(cells, backends, budget_s=2.0, min_reps=5, log=print) -> list[dict]:
-    """Time only the given (mode, H, B, T) cells: nn.LSTM and ``backends``, interleaved."""
+def run_cells(
+    cells, backends, budget_s=2.0, min_reps=5, log=print, dtype=torch.float32
+) -> list[dict]:
+    """Time only the given (mode, H, B, T) cells: nn.LSTM and ``backends``, interleaved (all
+    in ``dtype``)."""
     out = []
     for mode, H, B, T in cells:
         for m in ("infer", "train") if mode == "both" else (mode,):
-            cell = bench_cell(H, B, T, m, ["nn.LSTM", *backends], budget_s, min_reps)
+            names = ["nn.LSTM", *backends]
+            cell = bench_cell(H, B, T, m, names, budget_s, min_reps, dtype=dtype)
             ratios = " ".join(f"{n}/nn={r:.2f}" for n, r in cell.get("ratio", {}).items())
             log(_line(cell) + "  " + ratios)
             out.append(cell)
@@ -469,6 +476,9 @@ def main(argv=None) -> int:
     p.add_argument("--cells", default=None, help="only these cells: mode:H:B:T,... (no JSON)")
     p.add_argument("--backends", default="native", help="with --cells: ours to time, a,b,...")
     p.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="with --cells"
+    )
+    p.add_argument(
         "--variants", action="store_true", help="the variants instead (bench/bench_variants.py)"
     )
     args = p.parse_args(argv)
@@ -486,7 +496,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.cells:
         budget = 2.0 if args.budget is None else args.budget
-        run_cells(parse_cells(args.cells), args.backends.split(","), budget, max(args.min_reps, 5))
+        dtype = getattr(torch, args.dtype)
+        cells = parse_cells(args.cells)
+        run_cells(cells, args.backends.split(","), budget, max(args.min_reps, 5), dtype=dtype)
         return 0
     global MAX_WORK
     if args.full:

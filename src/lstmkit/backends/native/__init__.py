@@ -22,6 +22,7 @@ picks ``fused`` and says why. :func:`pending` answers queries without building.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import platform
@@ -37,7 +38,8 @@ from lstmkit.errors import BackendError
 
 _SOURCE = Path(__file__).with_name("lstm_native.cpp")
 _HEADERS = (Path(__file__).with_name("tiles.h"),)  # included by the source
-_DTYPES = (torch.float32, torch.float64)
+# bfloat16 runs in float32 (see ``run``): its values and gradients, float32 arithmetic
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 # The variants the C++ loops run (see lstmkit.variants); the others are refused by name.
 _FEATURES = frozenset(
     ("layer_norm", "peephole", "coupled", "cell_clip", "recurrent_dropout", "zoneout")
@@ -175,6 +177,13 @@ def available() -> bool:
     return True
 
 
+def _version(t) -> int:
+    """t's version counter, or -1 for an inference tensor (made under torch.inference_mode,
+    e.g. a model built there), which has none: the packed-weight cache lives for one layer
+    call, in which nothing writes the weights."""
+    return -1 if t.is_inference() else t._version
+
+
 def _contig(t):
     return None if t is None else t.contiguous()
 
@@ -250,7 +259,7 @@ class NativeLoops:
     def _pack(self, w_hh, batch: int, backward: bool):
         """W_hh in the tiles' layout (None where the tiles do not apply), packed once for all
         the chunks of an inference call and once for the backward."""
-        key = (backward, batch, w_hh.data_ptr(), w_hh._version)
+        key = (backward, batch, w_hh.data_ptr(), _version(w_hh))
         slot = "units" if backward else "gates"
         return self._packed_once(key, slot, lambda buf: self.ext.pack(w_hh, batch, backward, buf))
 
@@ -262,7 +271,7 @@ class NativeLoops:
             return None
         if not self.ext.tiles_for(batch, w.numel()):
             return None
-        key = ("var", w.data_ptr(), w._version, tuple(w.stride()))
+        key = ("var", w.data_ptr(), _version(w), tuple(w.stride()))
         return self._packed_once(key, "weight_hh", lambda b: self.ext.pack_rhs(w, b))
 
     def mm(self, a, b, bias=None, reuse=False):
@@ -276,7 +285,7 @@ class NativeLoops:
         if not (self._tiles and a.dtype == torch.float32 and big):
             return _bptt.mm(a, b, bias)
         if reuse:
-            key = ("rhs", b.data_ptr(), b._version, tuple(b.shape), tuple(b.stride()))
+            key = ("rhs", b.data_ptr(), _version(b), tuple(b.shape), tuple(b.stride()))
             packed = self._packed_once(key, "weight", lambda buf: self.ext.pack_rhs(b, buf))
         else:
             packed = _SLOTS.fill("rhs", self, lambda buf: self.ext.pack_rhs(b, buf))
@@ -333,7 +342,15 @@ def run(
     x (T, B, I), h0 (B, P or H), c0 (B, H) -> out (T, B, P or H), h_n, c_n (and with
     ``cells`` every step's c_t (T, B, H)).
     Builds the extension on the first eager call (traced code leaves that to the custom op).
+    bfloat16 runs in float32: the inputs, weights and states are widened on the way in (a
+    differentiable cast, so the gradients come back in bfloat16) and the results rounded to
+    bfloat16 on the way out; products, gates and the state update are float32 throughout.
     """
+    if x.dtype == torch.bfloat16:
+        return _in_float32(
+            x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse,
+            extras, cells,
+        )  # fmt: skip
     # Traced code needs only the loops' name (the op loads the extension when it runs); not
     # reading _ext there keeps a guard on it, and a recompile once it is loaded, away.
     ext = None if torch.compiler.is_compiling() else prepare()
@@ -341,3 +358,20 @@ def run(
         NativeLoops(ext), x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
         lengths, reverse, extras, cells,
     )  # fmt: skip
+
+
+def _in_float32(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, extras, cells):
+    """:func:`run` of bfloat16 tensors in float32, results back in bfloat16."""
+
+    def wide(t):
+        return t.float() if isinstance(t, torch.Tensor) else t
+
+    if extras is not None:
+        ln = None if extras.layer_norm is None else tuple(wide(t) for t in extras.layer_norm)
+        extras = dataclasses.replace(
+            extras, peephole=wide(extras.peephole), layer_norm=ln, h_mask=wide(extras.h_mask),
+            zoneout_c=wide(extras.zoneout_c), zoneout_h=wide(extras.zoneout_h),
+        )  # fmt: skip
+    tensors = (wide(t) for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
+    res = run(*tensors, lengths, reverse, extras, cells)
+    return tuple(r.to(torch.bfloat16) for r in res)
