@@ -15,6 +15,13 @@ per call and the gate math fused into the step product; one or two batch rows ag
 hidden-1024 weights keep the handwritten matrix-vector loops (BLAS's sgemv read the weights
 at about half oneDNN's bandwidth on AMD); and inference projects the inputs in chunks of
 steps so the gate buffer stays in cache (it cost 2-3x at small H, large B*T).
+
+bfloat16: native computes in float32 (it has no bfloat16 tiles yet), fused in bfloat16
+products (oneDNN's AVX-512 BF16 GEMMs, half the work per product). Measured at T=100
+(``bench/bench_cpu.py --cells ... --dtype bfloat16``): native is faster up to B*H^2 = 2^20
+(hidden 256 at batch 16: 5.2 / 14 ms against fused's 8.1 / 21 ms, inference / training),
+fused from 2^24 (hidden 256 at batch 256: 55 / 167 ms against 93 / 286; hidden 1024 at batch
+16: 64 / 149 against 99 / 212); the boundary sits between, at BF16_FUSED_WORK.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ def _size(req) -> str:
     dtype = str(req.dtype).replace("torch.", "")
     return f"cpu {dtype}, T={shown(req.T)} B={shown(req.B)} H={req.H}{proj}{var}"
 
+
+BF16_FUSED_WORK = 1 << 22  # B * H^2 from which bfloat16 goes to fused (see above)
 
 # Answers already given, by (request, native's build failure): the policy is a function of
 # those two, and a small forward should not pay for deciding again (~10 us, as much as the
@@ -55,9 +64,18 @@ def auto_cpu(req) -> tuple[str, str]:
 
 def _decide(req) -> tuple[str, str]:
     """auto_cpu without the memo."""
+    import torch
+
     from lstmkit.backends import fused, native, reference
 
     work = "training" if req.needs_grad else "inference"
+    # (traced code keeps native: comparing a symbolic batch would specialise the graph to it)
+    big = not torch.compiler.is_compiling() and req.B * req.H**2 >= BF16_FUSED_WORK
+    if req.dtype == torch.bfloat16 and big and fused.unsupported(req) is None:
+        return "fused", (
+            f"fused: {_size(req)}, {work}; bfloat16 products (AVX-512 BF16 GEMMs) measured "
+            "faster than native's float32 from B*H^2 = 2^22"
+        )
     if native.unsupported(req) is None:
         if native.failed() is None:  # built, or not tried yet (never built by a query)
             return "native", (
