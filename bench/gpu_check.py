@@ -1,6 +1,7 @@
 """One GPU check of the Triton backend: correctness first, then timings against cuDNN.
 
     PYTHONPATH=src python3 bench/gpu_check.py          # on a CUDA machine, < 5 minutes
+    PYTHONPATH=src python3 bench/gpu_check.py --cells default:384:16:1000,bf16:768:64:1000
     PYTHONPATH=src python bench/gpu_check.py --cpu-smoke   # the script's logic, on the CPU
 
 1. Correctness: outputs and every gradient of ``lstmkit.backends.triton`` (and, for scale,
@@ -247,13 +248,30 @@ def table(rows) -> str:
     return "\n".join(out)
 
 
+def time_cells(spec: str, dev) -> int:
+    """--cells: triton against cuDNN on the given cells only ("default:384:16:1000,..."),
+    for placing auto's boundaries between the grid's sizes."""
+    results = []
+    for item in spec.split(","):
+        mode, H, B, T = item.split(":")
+        if mode not in MODES:
+            raise SystemExit(f"--cells: mode must be one of {', '.join(MODES)}, got {mode!r}")
+        results.append(bench_cell(int(T), int(B), int(H), mode, dev, tutorial=False))
+        print(f"  {item} done", flush=True)
+    print(table(results))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (interpreter)")
     ap.add_argument("--budget", type=float, default=255.0, help="seconds; later timings skipped")
+    ap.add_argument("--cells", default=None, help="only time these: mode:H:B:T,... (no check)")
     args = ap.parse_args()
     t_start = time.perf_counter()
     dev = torch.device("cpu" if args.cpu_smoke else "cuda")
+    if args.cells:
+        return time_cells(args.cells, dev)
     lines: list[str] = []
 
     def log(s=""):
