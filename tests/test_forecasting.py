@@ -371,9 +371,39 @@ def test_a_million_rows_train_under_a_gigabyte(tmp_path):
             f.write(f"{start + timedelta(hours=int(i))},{v[i]:.3f}\n")
     cmd = [sys.executable, "-m", "lstmkit", "train", "--task", "csv", "--csv", str(path)]
     cmd += ["--column", "load", "--date-column", "time", "--test-size", "48"]
-    cmd += ["--max-time", "10", "--out", str(tmp_path / "r")]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # the defaults: 60 epochs of csv.EPOCH_WINDOWS windows (measured here: 85 s, 850 MB)
+    cmd += ["--out", str(tmp_path / "r")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     assert "series: hourly" in done.stdout and "period 24" in done.stdout
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     assert peak_kb < 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
+
+
+def test_an_epoch_of_a_long_series_draws_a_fresh_sample_of_windows(tmp_path, monkeypatch):
+    """--epoch-windows N: each epoch trains on N windows drawn afresh (csv's default caps a
+    long series' epoch at csv.EPOCH_WINDOWS); other tasks see every window every epoch."""
+    import lstmkit.train as train_mod
+    from lstmkit.checkpoint import load_state
+
+    assert csv.DEFAULTS["train.epoch_windows"] == csv.EPOCH_WINDOWS
+    assert tasks.DEFAULTS["train.epoch_windows"] == 0
+    v = _seasonal(600, 24)
+    start = datetime(2000, 1, 1)
+    path = _csv(tmp_path, [f"{start + timedelta(hours=i)},{x:.4f}" for i, x in enumerate(v)])
+    drawn: list[list[int]] = []
+    real = train_mod._step
+
+    def record(s, net, idx):
+        drawn.append(idx.tolist())
+        return real(s, net, idx)
+
+    monkeypatch.setattr(train_mod, "_step", record)
+    out = tmp_path / "run"
+    flags = ["--task", "csv", "--csv", path, "--date-column", "date", "--test-size", "24"]
+    flags += ["--epochs", "2", "--batch-size", "16", "--epoch-windows", "64"]
+    assert main(["train", "--out", str(out), *flags, "--hidden-size", "4"]) == 0
+    assert load_state(out / "train_state.pt").step == 8  # 2 epochs of 64 / 16 steps
+    first = {i for b in drawn[:4] for i in b}
+    second = {i for b in drawn[4:] for i in b}
+    assert len(first) == len(second) == 64 and first != second

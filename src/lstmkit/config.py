@@ -160,6 +160,8 @@ class TrainConfig:
     clip: float = opt(1.0, low=0.0)  # max gradient norm; 0 turns clipping off
     patience: int = opt(0, low=0, high=MAX_COUNT)  # epochs without improvement; 0 = never
     max_time: float = opt(0.0, low=0.0)  # seconds of training before stopping; 0 = no limit
+    # training windows one epoch draws (a fresh random sample each epoch); 0 = every window
+    epoch_windows: int | None = opt(None, task_default=True, low=0, high=MAX_COUNT)
     checkpoint_every: float = opt(2.0, low=0.0)  # seconds between checkpoints; 0 = every epoch
     seed: int = opt(0, low=0, high=MAX_TRAIN_SEED)
     device: str = opt("auto", choices=("auto", "cpu", "cuda"))

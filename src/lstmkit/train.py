@@ -268,7 +268,9 @@ def _build(s: _Session) -> None:
     s.opt = opt_cls(
         s.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=fused
     )
-    shard = distributed.shard_size(s.ctx, len(s.task.train))  # all of it when alone
+    n = len(s.task.train)
+    drawn = min(n, cfg.train.epoch_windows or n)  # windows an epoch samples (all: 0)
+    shard = distributed.shard_size(s.ctx, drawn)  # all of it when alone
     s.steps_per_epoch = math.ceil(shard / cfg.train.batch_size)
     total = s.steps_per_epoch * cfg.train.epochs
     s.sched = torch.optim.lr_scheduler.LambdaLR(s.opt, _schedule(cfg, total))

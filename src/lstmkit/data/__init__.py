@@ -143,6 +143,7 @@ DEFAULTS: Mapping[str, object] = {
     "train.epochs": 60,
     "train.batch_size": 32,
     "train.lr": 0.01,
+    "train.epoch_windows": 0,  # every window, every epoch
 }
 
 

@@ -54,12 +54,17 @@ from lstmkit.errors import ConfigError, DataError
 
 BUILTIN_DATES = "month"
 AVERAGE_BEST = 3  # checkpoints a recursive run averages (README: forecasting, acceptance)
+EPOCH_WINDOWS = 16384  # training windows per epoch of a long series (DEFAULTS below)
 DEFAULTS = {  # period, length, horizon and scaling are learned from the data (infer)
     "csv.test_size": 24,
     "model.hidden_size": 32,
     "train.epochs": 60,
     "train.batch_size": 16,
     "train.lr": 0.005,
+    # A long series' overlapping windows repeat each other: an epoch samples this many
+    # (fresh each epoch), so 60 epochs of a million rows take minutes, not hours; a series
+    # with fewer windows sees all of them every epoch.
+    "train.epoch_windows": EPOCH_WINDOWS,
 }
 
 
