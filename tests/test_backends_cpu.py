@@ -539,3 +539,38 @@ def test_native_packed_buffers_are_lent_not_shared():
     again = first._pack(w1, 4, False)
     torch.testing.assert_close(again, p1, rtol=0, atol=0)
     assert torch.equal(ext.pack(w1, 4, False, None), p1)
+
+
+def test_native_big_results_come_from_a_pool_that_never_hands_out_live_memory():
+    """Results of 4 MB and more (the kernels' gates, states, gradients, products) come from
+    blocks earlier calls freed (no fresh pages in a training loop); a block is reused only
+    once its tensor is gone, its tensors resize and serialise like any other, and
+    release_pool frees what the pool keeps."""
+    import io
+
+    ext = native.prepare()
+    if not ext.has_tiles():
+        pytest.skip("the pooled product runs on the AVX-512 tiles; here it is torch's")
+    native.release_pool()
+    loops = native.NativeLoops(ext)
+    torch.manual_seed(0)
+    a, b = torch.randn(1024, 256), torch.randn(256, 1024)  # a 4 MB product
+    first = loops.mm(a, b)
+    kept = first.clone()
+    second = loops.mm(a.flip(0), b)
+    # a live result is never handed out again
+    assert first.untyped_storage().data_ptr() != second.untyped_storage().data_ptr()
+    torch.testing.assert_close(first, kept, rtol=0, atol=0)
+    torch.testing.assert_close(first, a @ b, **TOL[torch.float32])
+    ptr = first.untyped_storage().data_ptr()
+    del first
+    third = loops.mm(a, b)  # the freed block, reused
+    assert third.untyped_storage().data_ptr() == ptr
+    torch.testing.assert_close(third, kept, rtol=0, atol=0)
+    buf = io.BytesIO()
+    torch.save(third, buf)
+    torch.testing.assert_close(torch.load(io.BytesIO(buf.getvalue())), kept, rtol=0, atol=0)
+    third.resize_(2 * third.numel())  # a pooled storage grows like any other
+    del second, third
+    assert native.release_pool() >= 2 * (4 << 20)
+    assert native.release_pool() == 0

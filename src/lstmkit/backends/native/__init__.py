@@ -168,6 +168,14 @@ def pending() -> str | None:
     return None if is_built() else "not built yet; builds on first use"
 
 
+def release_pool() -> int:
+    """Free the big result blocks (gates, states, gradients of T·B rows) that the native
+    kernels keep for reuse once their tensors are gone: a training loop asks for the same
+    sizes every step, and fresh pages cost a page fault each. At most 1 GB is kept; returns
+    the bytes freed (0 when the extension is not loaded)."""
+    return 0 if _ext is None else int(_ext.drop_pool())
+
+
 def available() -> bool:
     """Whether the extension is built or can be (builds it on first call; never raises)."""
     try:
