@@ -68,10 +68,19 @@ class Loops(Protocol):
         b is a weight that the same call multiplies again (inference chunks), so a backend
         that repacks it may keep the packed copy."""
 
+    def empty(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A new uninitialised tensor of ``like``'s dtype and device for a result of T·B rows
+        (the outputs), from wherever the backend keeps big buffers."""
+
 
 def mm(a: Tensor, b: Tensor, bias: Tensor | None = None, reuse: bool = False) -> Tensor:
     """Loops.mm for the backends that leave the big products to torch (BLAS)."""
     return torch.mm(a, b) if bias is None else torch.addmm(bias, a, b)
+
+
+def empty(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """Loops.empty for the backends that leave allocation to torch."""
+    return like.new_empty(shape)
 
 
 def input_projection(loops, x: Tensor, w_ih: Tensor, b_ih, b_hh) -> Tensor:
@@ -108,18 +117,26 @@ def time_mask(lengths: Tensor | None, T: int, device) -> Tensor | None:
 _AUX_KEYS = ("cnew", "ghat", "grstd", "chat", "crstd")
 
 
-def _outputs(hbuf: Tensor, c_n: Tensor, mask: Tensor | None, reverse: bool, saved: bool):
+def _outputs(hbuf: Tensor, c_n: Tensor, mask: Tensor | None, reverse: bool, saved: bool,
+             loops: Loops | None = None):  # fmt: skip
     """(out (T, B, P) zero on dead steps, h_n (B, P), c_n) from the state buffer.
 
     h_n is always its own tensor (never aliasing a row of out); out is too when ``hbuf`` is
-    saved for backward, so callers may modify outputs in place as with torch.nn.LSTM."""
+    saved for backward (in a buffer from ``loops.empty``), so callers may modify outputs in
+    place as with torch.nn.LSTM."""
     out = hbuf[:-1] if reverse else hbuf[1:]
     h_n = hbuf[0] if reverse else hbuf[-1]
-    if mask is not None:
-        out = out * mask.unsqueeze(-1).to(out.dtype)
-    elif saved:
-        out = out.clone()
+    if saved:
+        own = (loops.empty if loops is not None else empty)(tuple(out.shape), out)
+        out = own.copy_(out) if mask is None else torch.mul(out, _alive(mask, out), out=own)
+    elif mask is not None:
+        out = out * _alive(mask, out)
     return out, h_n.clone(), c_n
+
+
+def _alive(mask: Tensor, like: Tensor) -> Tensor:
+    """The (T, B) mask as (T, B, 1) factors in ``like``'s dtype."""
+    return mask.unsqueeze(-1).to(like.dtype)
 
 
 def cell_states(cbuf: Tensor, mask: Tensor | None, reverse: bool) -> Tensor:
@@ -169,7 +186,7 @@ def forward_no_grad(
         xg = _project(loops, x, w_ih, b_ih, b_hh, ex)
         hbuf, c_n, *_ = loops.forward(xg, h0, c0, w_hh, w_hr, mask, reverse, False, ex)
         return _outputs(hbuf, c_n, mask, reverse, saved=False)
-    out = x.new_empty(T, B, w_hh.size(1))
+    out = loops.empty((T, B, w_hh.size(1)), x)
     h, c = h0, c0
     starts = range(0, T, n)
     for t0 in reversed(starts) if reverse else starts:
@@ -215,7 +232,7 @@ def forward_train(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths
     state = (xg, hbuf, cbuf, tc, r, mask, xhat, rstd)
     if aux:
         state += tuple(aux[0].get(k) for k in _AUX_KEYS)
-    return (*_outputs(hbuf, c_n, mask, reverse, saved=True), state)
+    return (*_outputs(hbuf, c_n, mask, reverse, saved=True, loops=loops), state)
 
 
 def backward_train(loops: Loops, x, w_ih, w_hh, w_hr, state, dout, dh_n, dc_n, needs, has_bias,

@@ -31,6 +31,7 @@ class _PythonLoops:
 
     name = "fused"  # for lstmkit::lstm_layer (see ._ops)
     mm = staticmethod(_bptt.mm)
+    empty = staticmethod(_bptt.empty)
 
     @staticmethod
     def forward(xg, h0, c0, w_hh, w_hr, mask, reverse, save, ex=None):

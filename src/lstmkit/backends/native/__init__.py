@@ -299,6 +299,12 @@ class NativeLoops:
             packed = _SLOTS.fill("rhs", self, lambda buf: self.ext.pack_rhs(b, buf))
         return self.ext.mm_packed(a, packed, N, bias)
 
+    def empty(self, shape, like):
+        """A buffer from the extension's pool of big blocks (see ``release_pool``)."""
+        if self.ext is None or like.device.type != "cpu":
+            return _bptt.empty(shape, like)
+        return self.ext.empty_big(list(shape), like)
+
     def forward(self, xg, h0, c0, w_hh, w_hr, mask, reverse, save, ex=None):
         w_hr = _contig(w_hr)
         if ex is not None:

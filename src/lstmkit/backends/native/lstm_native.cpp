@@ -710,6 +710,11 @@ at::Tensor empty_big(at::IntArrayRef sizes, const at::TensorOptions& opt) {
                                               c10::typeMetaToScalarType(opt.dtype()), c10::nullopt));
 }
 
+// empty_big for Python callers: a tensor of `sizes` with `like`'s dtype and device.
+at::Tensor empty_big_like(std::vector<int64_t> sizes, const at::Tensor& like) {
+  return empty_big(sizes, like.options());
+}
+
 int64_t drop_pool() {
   Pool& p = pool();
   std::lock_guard<std::mutex> g(p.lock);
@@ -1543,6 +1548,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("norm_rows_backward", &norm_rows_backward, "backward of norm_rows");
   m.def("set_tuning", &set_tuning, "small-batch, parallel-work and tile thresholds");
   m.def("drop_pool", &drop_pool, "free the pooled result blocks; returns the bytes freed");
+  m.def("empty_big", &empty_big_like, "an uninitialised tensor, big ones from the pool");
   m.def("pack_rhs", &pack_rhs, "float32 B packed for mm_packed");
   m.def("mm_packed", &mm_packed, "float32 A @ B (+ bias) on the register tiles");
   m.def("fma_peak", &fma_peak, "fp32 FMA throughput in GFLOP/s on n threads (a probe)");
