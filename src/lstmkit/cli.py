@@ -106,8 +106,11 @@ def cmd_train(args) -> int:
     if env_rank() != 0:  # under torchrun, rank 0 reports for every rank
         return 0
     stop = " (stopped early)" if res.stopped_early else ""
-    _print_inferred(res.path)
-    task = _saved_task(res.path)  # --resume: the run's own task, not the flags' default
+    from lstmkit.checkpoint import CONFIG
+
+    saved = json.loads((res.path / CONFIG).read_text())
+    _print_inferred(saved)
+    task = saved["config"]["data"]["task"]  # --resume: the run's own, not the flags' default
     print(
         f"trained {task}: {res.epochs} epochs{stop}, train loss {res.train_loss:.3g}, "
         f"validation loss {res.val_loss:.3g} (best {res.best_val_loss:.3g}), "
@@ -116,18 +119,12 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _saved_task(run_dir) -> str:
-    from lstmkit.checkpoint import CONFIG
-
-    return json.loads((run_dir / CONFIG).read_text())["config"]["data"]["task"]
-
-
-def _print_inferred(run_dir) -> None:
-    """What a csv run learned about its series (frequency, period, scaling), one line."""
-    from lstmkit.checkpoint import CONFIG
+def _print_inferred(saved: dict) -> None:
+    """What a csv run learned about its series (frequency, period, scaling), one line, from
+    its config.json (``saved``)."""
     from lstmkit.data.csv import describe
 
-    meta = json.loads((run_dir / CONFIG).read_text())["task"].get("meta", {})
+    meta = saved["task"].get("meta", {})
     line = describe(meta) if isinstance(meta, dict) else ""
     if line:
         print(line)

@@ -12,6 +12,7 @@ import torch
 from lstmkit.checkpoint import Run, write_json
 from lstmkit.errors import DataError, RunDirError
 from lstmkit.limits import FLOAT32_MAX, MAX_HORIZON
+from lstmkit.model import zero_head
 from lstmkit.multistep import is_direct, paths, validation_forecasts
 
 INTERVALS = "intervals.json"
@@ -123,9 +124,7 @@ def calibrate(model, scaler, fv: dict, window: int) -> dict:
     cal = fv.get("calib")
     if cal is None or not len(cal["target"]):
         return _calibrate_pooled(model, scaler, fv, window)
-    reference = copy.deepcopy(model)
-    torch.nn.init.zeros_(reference.head.weight)
-    torch.nn.init.zeros_(reference.head.bias)
+    reference = zero_head(copy.deepcopy(model))
     steps = {
         name: _step_residuals(m, scaler, cal, window)
         for name, m in (("model", model), ("reference", reference))

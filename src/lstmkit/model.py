@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from lstmkit.layer import LSTM
@@ -47,3 +48,13 @@ class SequenceModel(nn.Module):
         out, state = self.lstm(x, hx, lengths=lengths)
         y = self.head(out)
         return (y, state) if return_state else y
+
+
+def zero_head(model: SequenceModel) -> SequenceModel:
+    """``model`` with its head's weight and bias zeroed, in place: it then outputs zeros, which
+    a forecasting run's scaler turns into its reference forecast (whatever the LSTM's
+    weights)."""
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    return model

@@ -36,6 +36,7 @@ from lstmkit.checkpoint import (
 )
 from lstmkit.config import RunConfig, validate
 from lstmkit.errors import ConfigError, DiskError, Interrupted, RunDirError, TrainingError
+from lstmkit.model import zero_head
 from lstmkit.scaling import Scaler
 from lstmkit.stopping import Signals, Stop
 from lstmkit.trainstate import HISTORY_COLUMNS as METRIC_COLUMNS  # noqa: F401 (public name)
@@ -259,8 +260,7 @@ def _build(s: _Session) -> None:
     cfg, fv = s.cfg, s.task.fv
     s.model = build_model(cfg, s.task.facts).to(s.device)
     if fv is not None:  # start from the scaling's reference forecast (a zero correction)
-        torch.nn.init.zeros_(s.model.head.weight)
-        torch.nn.init.zeros_(s.model.head.bias)
+        zero_head(s.model)
     opt_cls = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
     # fused: one kernel for all parameters instead of ~6 small ops each (a sixth of a small
     # model's step time on the CPU); torch has it for CPU and CUDA float parameters.
@@ -297,8 +297,8 @@ def _start(s: _Session) -> None:
     if s.task.fv is not None:  # the reference forecast is a candidate too (epoch 0)
         s.state.best_val, s.state.best_epoch = _validate(s), 0
         s.reference_val = s.state.best_val
-        s.snapshots = [(s.reference_val, 0, s.state.best_weights)]
-        s.snapshots = [m for m in s.snapshots if math.isfinite(m[0])]
+        reference = (s.reference_val, 0, s.state.best_weights)
+        s.snapshots = [reference] if math.isfinite(s.reference_val) else []
     if s.ctx.is_main:
         with s.sig.held():
             save_run(s.work, s.cfg, s.task.facts, s.state.best_weights, s.task.scaler)
@@ -319,10 +319,9 @@ def _restore(s: _Session, st: TrainState) -> None:
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise RunDirError(f"{where} does not fit its run ({first})") from None
     s.state, s.committed = st, st.epoch
-    if s.task.fv is not None:  # the members are not saved: the average stands for them
-        # the members are not saved: after a resume their average stands in for them
-        s.snapshots = [(st.best_val, st.best_epoch, st.best_weights)]
-        s.snapshots = [m for m in s.snapshots if math.isfinite(m[0])]
+    if s.task.fv is not None:  # the members are not saved: after a resume, their average
+        best = (st.best_val, st.best_epoch, st.best_weights)
+        s.snapshots = [best] if math.isfinite(st.best_val) else []
         s.reference_val = _reference_val(s)
     if s.ctx.is_main:
         with s.sig.held():
@@ -331,9 +330,7 @@ def _restore(s: _Session, st: TrainState) -> None:
 
 def _reference_val(s: _Session) -> float:
     """The validation score of the reference forecast: any weights with a zero head."""
-    model = copy.deepcopy(s.model)
-    torch.nn.init.zeros_(model.head.weight)
-    torch.nn.init.zeros_(model.head.bias)
+    model = zero_head(copy.deepcopy(s.model))
     return forecast_error(model, s.task.scaler, s.task.fv, s.cfg.data.length, s.device)
 
 
@@ -507,9 +504,7 @@ def _guarded(s: _Session, weights: dict) -> dict:
         s.reference_val
     ):
         return weights
-    torch.nn.init.zeros_(model.head.weight)
-    torch.nn.init.zeros_(model.head.bias)
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in zero_head(model).state_dict().items()}
 
 
 def average_weights(members: list[dict]) -> dict:

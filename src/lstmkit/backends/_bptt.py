@@ -117,17 +117,17 @@ def time_mask(lengths: Tensor | None, T: int, device) -> Tensor | None:
 _AUX_KEYS = ("cnew", "ghat", "grstd", "chat", "crstd")
 
 
-def _outputs(hbuf: Tensor, c_n: Tensor, mask: Tensor | None, reverse: bool, saved: bool,
-             loops: Loops | None = None):  # fmt: skip
+def _outputs(hbuf: Tensor, c_n: Tensor, mask: Tensor | None, reverse: bool,
+             saved_by: Loops | None = None):  # fmt: skip
     """(out (T, B, P) zero on dead steps, h_n (B, P), c_n) from the state buffer.
 
     h_n is always its own tensor (never aliasing a row of out); out is too when ``hbuf`` is
-    saved for backward (in a buffer from ``loops.empty``), so callers may modify outputs in
-    place as with torch.nn.LSTM."""
+    saved for backward (``saved_by``: the loops whose ``empty`` holds the copy), so callers
+    may modify outputs in place as with torch.nn.LSTM."""
     out = hbuf[:-1] if reverse else hbuf[1:]
     h_n = hbuf[0] if reverse else hbuf[-1]
-    if saved:
-        own = (loops.empty if loops is not None else empty)(tuple(out.shape), out)
+    if saved_by is not None:
+        own = saved_by.empty(tuple(out.shape), out)
         out = own.copy_(out) if mask is None else torch.mul(out, _alive(mask, out), out=own)
     elif mask is not None:
         out = out * _alive(mask, out)
@@ -154,7 +154,7 @@ def forward_cells_no_grad(
     mask = time_mask(lengths, x.size(0), x.device)
     xg = _project(loops, x, w_ih, b_ih, b_hh, ex)
     hbuf, c_n, cbuf, *_ = loops.forward(xg, h0, c0, w_hh, w_hr, mask, reverse, True, ex)
-    return (*_outputs(hbuf, c_n, mask, reverse, saved=False), cell_states(cbuf, mask, reverse))
+    return (*_outputs(hbuf, c_n, mask, reverse), cell_states(cbuf, mask, reverse))
 
 
 # Inference projects the inputs one chunk of steps at a time so that the gate buffer stays in
@@ -185,7 +185,7 @@ def forward_no_grad(
     if n >= T:
         xg = _project(loops, x, w_ih, b_ih, b_hh, ex)
         hbuf, c_n, *_ = loops.forward(xg, h0, c0, w_hh, w_hr, mask, reverse, False, ex)
-        return _outputs(hbuf, c_n, mask, reverse, saved=False)
+        return _outputs(hbuf, c_n, mask, reverse)
     out = loops.empty((T, B, w_hh.size(1)), x)
     h, c = h0, c0
     starts = range(0, T, n)
@@ -232,7 +232,7 @@ def forward_train(loops: Loops, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths
     state = (xg, hbuf, cbuf, tc, r, mask, xhat, rstd)
     if aux:
         state += tuple(aux[0].get(k) for k in _AUX_KEYS)
-    return (*_outputs(hbuf, c_n, mask, reverse, saved=True, loops=loops), state)
+    return (*_outputs(hbuf, c_n, mask, reverse, saved_by=loops), state)
 
 
 def backward_train(loops: Loops, x, w_ih, w_hh, w_hr, state, dout, dh_n, dc_n, needs, has_bias,
