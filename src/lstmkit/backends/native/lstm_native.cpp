@@ -750,6 +750,28 @@ at::Tensor pack_rhs(const at::Tensor& b, const c10::optional<at::Tensor>& out) {
   return packed;
 }
 
+// How mm_packed shares C (M, N) between nt threads: `chunks` blocks of rows (boundaries on
+// whole tiles) times `groups` blocks of panels, equal items whose count is a multiple of nt,
+// so no thread waits for another (a last short chunk used to leave one thread 4 rows of 100,
+// and 11 chunks over 2 threads one thread 6). Up to a chunk per thread the rows are not cut
+// where the panels share out evenly: the threads split the panels instead, and each reads
+// its share of B, not all of it.
+struct Split {
+  int M, chunks, groups;
+  int row(int ch) const {
+    if (ch >= chunks) return M;
+    const int64_t r = ((int64_t)M * ch / chunks + tiles::kMaxRows / 2) / tiles::kMaxRows;
+    return (int)std::min<int64_t>(M, r * tiles::kMaxRows);
+  }
+};
+
+Split split_product(int M, int np, int nt) {
+  const bool even_panels = np % nt == 0 || np >= 8 * nt;  // shares within an eighth
+  if (M <= nt * tiles::kChunk && even_panels) return {M, 1, nt};
+  const int chunks = std::max(nt, (M + tiles::kChunk - 1) / tiles::kChunk);
+  return {M, (chunks + nt - 1) / nt * nt, 1};  // a multiple of the threads: equal shares
+}
+
 // C = A B (+ bias) on the tiles, B packed by pack_rhs with N columns; A float32 (M, K) with a
 // unit stride either way (a transposed view needs no copy).
 at::Tensor mm_packed(at::Tensor a, const at::Tensor& packed, int64_t N,
@@ -767,16 +789,15 @@ at::Tensor mm_packed(at::Tensor a, const at::Tensor& packed, int64_t N,
   const float *pa = a.data_ptr<float>(), *pp = packed.data_ptr<float>();
   const float* pbias = bias ? bc.data_ptr<float>() : nullptr;
   float* pc = c.data_ptr<float>();
-  const int chunks = (M + tiles::kChunk - 1) / tiles::kChunk;
   const int nt = step_threads((int64_t)M * N * K / 16);
-  // Few chunks of rows (a short input): split the panels too, so every thread has work.
-  const int groups = chunks >= 2 * nt ? 1 : std::min(np, (2 * nt + chunks - 1) / chunks);
+  const Split sp = split_product(M, np, nt);
   pybind11::gil_scoped_release no_gil;
 #pragma omp parallel for schedule(static) num_threads(nt)
-  for (int it = 0; it < chunks * groups; ++it) {
-    const int ch = it / groups, gr = it % groups;
-    const int m0 = ch * tiles::kChunk, m1 = std::min(M, m0 + tiles::kChunk);
-    const int u0 = (int)((int64_t)np * gr / groups), u1 = (int)((int64_t)np * (gr + 1) / groups);
+  for (int it = 0; it < sp.chunks * sp.groups; ++it) {
+    const int ch = it / sp.groups, gr = it % sp.groups;
+    const int m0 = sp.row(ch), m1 = sp.row(ch + 1);
+    const int u0 = (int)((int64_t)np * gr / sp.groups);
+    const int u1 = (int)((int64_t)np * (gr + 1) / sp.groups);
     if (at_) {
       tiles::mm_block<true>(pa, lda, pp, pbias, pc, K, N, m0, m1, u0, u1);
     } else {

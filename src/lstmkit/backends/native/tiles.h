@@ -39,14 +39,15 @@ inline v16 load(const float* p) {
   return v;
 }
 
-// out[r, 0:64] = sum_k a(r, k) panel[k, 0:64] for r < R, where a(r, k) = a[r * lda + k], or
-// a[k * lda + r] with AT (A stored transposed: the weight gradients' dG^T).
+// out[r * ldo + 0:64] = init(r) + sum_k a(r, k) panel[k, 0:64] for r < R, where a(r, k) =
+// a[r * lda + k], or a[k * lda + r] with AT (A stored transposed: the weight gradients' dG^T),
+// and init(r) = init[r * ldi + 0:64] (ldi 0: one row for all, a bias) or zero without init.
 template <int R, bool AT = false>
 inline void tile(int K, const float* __restrict a, int lda, const float* __restrict panel,
-                 float* __restrict out) {
+                 float* out, int ldo = kCols, const float* init = nullptr, int ldi = 0) {
   v16 acc[R][4];
   for (int r = 0; r < R; ++r)
-    for (int q = 0; q < 4; ++q) acc[r][q] = v16{};
+    for (int q = 0; q < 4; ++q) acc[r][q] = init ? load(init + (int64_t)r * ldi + q * 16) : v16{};
   for (int k = 0; k < K; ++k) {
     const float* w = panel + (int64_t)k * kCols;
     const v16 w0 = load(w), w1 = load(w + 16), w2 = load(w + 32), w3 = load(w + 48);
@@ -60,19 +61,20 @@ inline void tile(int K, const float* __restrict a, int lda, const float* __restr
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int q = 0; q < 4; ++q) std::memcpy(out + r * kCols + q * 16, &acc[r][q], 64);
+    for (int q = 0; q < 4; ++q) std::memcpy(out + (int64_t)r * ldo + q * 16, &acc[r][q], 64);
 }
 
 // The tile for R rows (0 < R <= kMaxRows), chosen at run time.
 template <bool AT = false>
-inline void tile_rows(int R, int K, const float* a, int lda, const float* panel, float* out) {
+inline void tile_rows(int R, int K, const float* a, int lda, const float* panel, float* out,
+                      int ldo = kCols, const float* init = nullptr, int ldi = 0) {
   switch (R) {
-    case 1: return tile<1, AT>(K, a, lda, panel, out);
-    case 2: return tile<2, AT>(K, a, lda, panel, out);
-    case 3: return tile<3, AT>(K, a, lda, panel, out);
-    case 4: return tile<4, AT>(K, a, lda, panel, out);
-    case 5: return tile<5, AT>(K, a, lda, panel, out);
-    default: return tile<6, AT>(K, a, lda, panel, out);
+    case 1: return tile<1, AT>(K, a, lda, panel, out, ldo, init, ldi);
+    case 2: return tile<2, AT>(K, a, lda, panel, out, ldo, init, ldi);
+    case 3: return tile<3, AT>(K, a, lda, panel, out, ldo, init, ldi);
+    case 4: return tile<4, AT>(K, a, lda, panel, out, ldo, init, ldi);
+    case 5: return tile<5, AT>(K, a, lda, panel, out, ldo, init, ldi);
+    default: return tile<6, AT>(K, a, lda, panel, out, ldo, init, ldi);
   }
 }
 
@@ -144,7 +146,8 @@ inline void share(int items, int tid, int nt, int& lo, int& hi) {
 // kChunk rows, each chunk k-block by k-block, so the chunk's rows of A stay in L2 and the
 // panel block in L1 while the tiles sweep them.
 constexpr int kDepth = 128;   // rows of B per block: a 32 KB panel block, L1-resident
-constexpr int kChunk = 96;    // rows of A per chunk: 48 KB of A per block, L2-resident
+constexpr int kChunk = 192;   // rows of A per chunk: 96 KB of A per block, L2-resident
+constexpr int kGroup = 8;     // panels whose chunk of C (192 x 512: 384 KB) stays in L2
 
 // Rows [k0, k0 + kDepth) of B (K, N), element (k, n) at b[k * sk + n * sn], packed for
 // mm_block below (the caller walks k0 over the blocks, in parallel if it likes).
@@ -179,17 +182,25 @@ void mm_block(const float* a, int lda, const float* packed, const float* bias, f
               int N, int m0, int m1, int u0, int u1, bool acc = false) {
   const int np = (N + kCols - 1) / kCols;
   alignas(64) float out[kMaxRows * kCols];
+  for (int g0 = u0; g0 < u1; g0 += kGroup)  // a block of C that stays in L2 over every k block
   for (int k0 = 0; k0 < K; k0 += kDepth) {
     const int kd = std::min(kDepth, K - k0);
-    for (int u = u0; u < u1; ++u) {
+    for (int u = g0; u < std::min(u1, g0 + kGroup); ++u) {
       const float* panel = packed + (int64_t)k0 * np * kCols + (int64_t)u * kd * kCols;
       const int n0 = u * kCols, w = std::min(kCols, N - n0);
       for (int r0 = m0; r0 < m1; r0 += kMaxRows) {
         const int R = std::min(kMaxRows, m1 - r0);
         const float* a0 = AT ? a + (int64_t)k0 * lda + r0 : a + (int64_t)r0 * lda + k0;
+        float* c0 = c + (int64_t)r0 * N + n0;
+        if (w == kCols) {  // a whole panel: the tile starts from C (or the bias) and stores to C
+          const bool more = k0 > 0 || acc;
+          tile_rows<AT>(R, kd, a0, lda, panel, c0, N, more ? c0 : bias ? bias + n0 : nullptr,
+                        more ? N : 0);
+          continue;
+        }
         tile_rows<AT>(R, kd, a0, lda, panel, out);
         for (int r = 0; r < R; ++r) {
-          float* cr = c + (int64_t)(r0 + r) * N + n0;
+          float* cr = c0 + (int64_t)r * N;
           const float* o = out + r * kCols;
           if (k0 > 0 || acc) {
             for (int l = 0; l < w; ++l) cr[l] += o[l];
