@@ -459,9 +459,11 @@ def test_native_tiles_float32(B, H, lengths, reverse, threads):
     ]
     ext, old = native.load(), torch.get_num_threads()
     try:
-        ext.set_tuning(16, 1 << 62 if threads == 1 else 0, True, 1)
+        ext.set_tuning(16, 1 << 62 if threads == 1 else 0, False, 1)  # tiles for every size
         torch.set_num_threads(threads)
-        assert native.NativeLoops(ext)._pack(args32[4], B, True) is not None or not _avx512()
+        loops, gates = native.NativeLoops(ext), torch.empty(6, B, 4 * H)
+        for backward in (False, True):
+            assert loops._pack(args32[4], gates, backward) is not None or not _avx512()
         got = _run_and_grad(native, args32, lens, reverse)
     finally:
         ext.set_tuning(16, 1 << 16, True, 1)
@@ -514,6 +516,45 @@ def test_native_tiled_mm(M, K, N, a_t, b_t, threads):
     torch.testing.assert_close(got_b.double(), want + bias.double(), **tol)
 
 
+@pytest.mark.parametrize("M,K,N", [(1, 5, 3), (4, 64, 130), (7, 33, 64), (100, 256, 1024)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_mm_rows(M, K, N, threads):
+    """A few rows against a weight stored as it is (N, K): dot products along its rows, for
+    the projections too short to pay for packing the weight; with and without bias."""
+    g = torch.Generator().manual_seed(M + K + N)
+    a, w, bias = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g), torch.randn(N)
+    ext, old = native.load(), torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        ext.set_tuning(16, 1 << 62 if threads == 1 else 0, True, 1)
+        got, got_b = ext.mm_rows(a, w, None), ext.mm_rows(a, w, bias)
+    finally:
+        ext.set_tuning(16, 1 << 16, True, 1)
+        torch.set_num_threads(old)
+    want = a.double() @ w.double().t()
+    tol = {"atol": 1e-5 * K**0.5, "rtol": 1e-5}
+    torch.testing.assert_close(got.double(), want, **tol)
+    torch.testing.assert_close(got_b.double(), want + bias.double(), **tol)
+
+
+def test_native_short_inputs_skip_packing():
+    """Packing a weight for the tiles reads and rewrites all of it, which a short input does
+    not win back: a 16 MB W_ih's projection of 64 rows and a forward of 4 steps of batch 4
+    at hidden 1024 take dot products instead; longer ones, and every backward, pack."""
+    ext = native.load()
+    if not ext.has_tiles():
+        pytest.skip("without the tiles nothing is packed")
+    w = 4096 * 1024
+    assert not ext.pack_pays(64, 64, w, True) and ext.pack_pays(400, 400, w, True)
+    assert not ext.pack_pays(16, 16, 256 * 1024, True) and ext.pack_pays(64, 64, 256 * 1024, True)
+    assert not ext.pack_pays(16, 4, w, False) and ext.pack_pays(400, 4, w, False)
+    assert ext.pack_pays(64, 16, w, False)  # batch 16 at hidden 1024: the tiles win already
+    loops, w_hh = native.NativeLoops(ext), torch.randn(4096, 1024)
+    assert loops._pack(w_hh, torch.empty(4, 4, 4096), False) is None
+    assert loops._pack(w_hh, torch.empty(100, 4, 4096), False) is not None
+    assert loops._pack(w_hh, torch.empty(4, 4, 4096), True) is not None
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_native_tiles_through_lstm(reverse):
     """Big enough that the input projection and the weight and input gradients take the
@@ -536,10 +577,11 @@ def test_native_packed_buffers_are_lent_not_shared():
     ext = native.load()
     w1, w2 = torch.randn(64, 16), torch.randn(64, 16)
     first, second = native.NativeLoops(ext), native.NativeLoops(ext)
-    p1 = first._pack(w1, 4, False).clone()
-    p2 = second._pack(w2, 4, False)  # packs into the same buffer
+    xg = torch.empty(50, 4, 64)  # long enough to pack for
+    p1 = first._pack(w1, xg, False).clone()
+    p2 = second._pack(w2, xg, False)  # packs into the same buffer
     assert not torch.equal(p1, p2)
-    again = first._pack(w1, 4, False)
+    again = first._pack(w1, xg, False)
     torch.testing.assert_close(again, p1, rtol=0, atol=0)
     assert torch.equal(ext.pack(w1, 4, False, None), p1)
 

@@ -264,9 +264,13 @@ class NativeLoops:
         self._packed[key] = packed
         return packed
 
-    def _pack(self, w_hh, batch: int, backward: bool):
-        """W_hh in the tiles' layout (None where the tiles do not apply), packed once for all
-        the chunks of an inference call and once for the backward."""
+    def _pack(self, w_hh, xg, backward: bool):
+        """W_hh in the tiles' layout (None where the tiles do not apply, or where a forward of
+        so few rows, T·B of ``xg``, would not win back the packing), packed once for all the
+        chunks of an inference call and once for the backward."""
+        steps, batch = xg.shape[0], xg.shape[1]
+        if not (backward or self.ext.pack_pays(steps * batch, batch, w_hh.numel(), False)):
+            return None
         key = (backward, batch, w_hh.data_ptr(), _version(w_hh))
         slot = "units" if backward else "gates"
         return self._packed_once(key, slot, lambda buf: self.ext.pack(w_hh, batch, backward, buf))
@@ -286,11 +290,20 @@ class NativeLoops:
         """a @ b (+ bias) on the C++ tiles for float32 products big enough to pay for packing
         b (with ``reuse``, packed once per layer call); torch (BLAS) otherwise. Below 48
         columns most of a 64-column panel would be padding (packing a long b four times
-        its size), so those stay with BLAS."""
+        its size), so those stay with BLAS. Too few rows of a to win back the packing (see
+        ``pack_pays``), with b a transposed weight (the input projection's W_ih^T), take dot
+        products along the weight's rows instead (``mm_rows``)."""
         M, K = a.shape
         N = b.shape[1]
-        big = M >= 16 and N >= 48 and M * N * K >= 1 << 18
-        if not (self._tiles and a.dtype == torch.float32 and big):
+        if not (self._tiles and a.dtype == torch.float32):
+            return _bptt.mm(a, b, bias)
+        if (
+            not self.ext.pack_pays(M, M, N * K, True)
+            and a.is_contiguous()
+            and b.t().is_contiguous()
+        ):
+            return self.ext.mm_rows(a, b.t(), bias)
+        if not (M >= 16 and N >= 48 and M * N * K >= 1 << 18):
             return _bptt.mm(a, b, bias)
         if reuse:
             key = ("rhs", b.data_ptr(), _version(b), tuple(b.shape), tuple(b.stride()))
@@ -318,7 +331,7 @@ class NativeLoops:
             aux = {k: t for k, t in zip(_AUX, res[5:], strict=True) if t is not None}
             return (*res[:5], aux)
         w_hh = w_hh.contiguous()
-        packed = None if w_hr is not None else self._pack(w_hh, xg.shape[1], False)
+        packed = None if w_hr is not None else self._pack(w_hh, xg, False)
         res = self.ext.forward(xg, h0, c0, w_hh, w_hr, mask, reverse, save, packed)
         if not save:
             return res[0], res[1], None, None, None
@@ -329,7 +342,7 @@ class NativeLoops:
         dh_n, dc_n, w_hr, w_hh = _contig(dh_n), _contig(dc_n), _contig(w_hr), w_hh.contiguous()
         args = (dout, dh_n, dc_n, gates, cbuf, tc, w_hh, w_hr, mask, reverse)
         if ex is None:
-            packed = None if w_hr is not None else self._pack(w_hh, gates.shape[1], True)
+            packed = None if w_hr is not None else self._pack(w_hh, gates, True)
             return tuple(self.ext.backward(*args, _contig(dcs), packed))
         saved = [aux.get(k) for k in _AUX]
         packed = self._var_pack(w_hh, gates)

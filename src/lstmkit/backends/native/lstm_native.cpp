@@ -503,6 +503,21 @@ bool tiles_for(int64_t n, int64_t weights) {
   return n >= least;
 }
 
+// Whether packing a weight of this many elements for the tiles pays over `rows` rows in all:
+// one product of that many rows (`product`: the input projection; else mm_rows' dot
+// products), or a forward time loop of T steps of `batch` rows (rows = T * batch; else the
+// small-batch dot loops, or BLAS past them). Packing reads and rewrites the whole weight
+// (1.4 ms for 16 MB here), which few rows do not win back: measured on this Zen 5, 2
+// threads, the dot products win a 16 MB weight's projection below ~130 rows and a 1 MB one's
+// below ~40; a time loop at H = 1024 below 64 rows (batch <= 8), at H <= 256 below ~32.
+bool pack_pays(int64_t rows, int64_t batch, int64_t weights, bool product) {
+  if (!g_by_size) return true;  // tests: the tiles from their least batch, whatever T is
+  const bool big = weights >= (1 << 21);
+  if (product) return rows >= (big ? 128 : 32);
+  if (!small_batch(batch, weights)) return true;  // the step would be BLAS, slower than both
+  return rows >= (big && batch <= 8 ? 64 : 32);
+}
+
 // Threads worth waking for a step of this many multiply-adds.
 int step_threads(int64_t work) {
   return work >= g_par_min ? std::max(1, at::get_num_threads()) : 1;
@@ -804,6 +819,24 @@ at::Tensor mm_packed(at::Tensor a, const at::Tensor& packed, int64_t N,
       tiles::mm_block<false>(pa, lda, pp, pbias, pc, K, N, m0, m1, u0, u1);
     }
   }
+  return c;
+}
+
+// C = A W^T (+ bias) for a few rows of A (M, K) against W (N, K), both row-major: dot
+// products along W's rows (small_nt), which read W once as it is, where packing it for the
+// tiles would cost more than the product (a short input against a big weight).
+at::Tensor mm_rows(const at::Tensor& a_, const at::Tensor& w_, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(a_.dim() == 2 && w_.dim() == 2 && a_.size(1) == w_.size(1) &&
+                  a_.scalar_type() == w_.scalar_type() && a_.scalar_type() == at::kFloat,
+              "native mm_rows: float32 A (M, K) and W (N, K)");
+  const at::Tensor a = a_.contiguous(), w = w_.contiguous();
+  const int M = a.size(0), N = w.size(0), K = a.size(1);
+  at::Tensor c = empty_big({M, N}, a.options());
+  if (bias) c.copy_(bias->view({1, N}).expand({M, N}));
+  const float *pa = a.data_ptr<float>(), *pw = w.data_ptr<float>();
+  float* pc = c.data_ptr<float>();
+  pybind11::gil_scoped_release no_gil;
+  small_nt<float>(M, N, K, pa, pw, pc, bias.has_value());
   return c;
 }
 
@@ -1571,8 +1604,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("drop_pool", &drop_pool, "free the pooled result blocks; returns the bytes freed");
   m.def("empty_big", &empty_big_like, "an uninitialised tensor, big ones from the pool");
   m.def("pack_rhs", &pack_rhs, "float32 B packed for mm_packed");
+  m.def("mm_rows", &mm_rows, "float32 A @ W^T (+ bias) as dot products along W's rows");
   m.def("mm_packed", &mm_packed, "float32 A @ B (+ bias) on the register tiles");
   m.def("fma_peak", &fma_peak, "fp32 FMA throughput in GFLOP/s on n threads (a probe)");
+  m.def("pack_pays", &pack_pays, "whether packing a weight for the tiles pays over these rows");
   m.def("tiles_for", &tiles_for, "whether B rows against this many weights take the tiles");
   m.def("has_tiles", &has_tiles, "whether the register tiles run here (AVX-512, not disabled)");
   m.def("pack", &pack, "W_hh packed for the tiled forward or backward steps, or undefined");
