@@ -103,3 +103,28 @@ def test_backend_choice_is_reported():
     name, reason = lstmkit.LSTM(3, 4).backend_choice(torch.randn(2, 1, 3))
     assert name in lstmkit.backends.names()
     assert reason.startswith("auto")
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused", "native"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_outputs_are_separate_tensors_as_in_torch(backend, grad):
+    """out, h_n and c_n of a one-layer LSTM (whose final states the layer returns uncopied)
+    share no memory: editing one in place changes neither the others nor the gradients."""
+    torch.manual_seed(0)
+    m = lstmkit.LSTM(3, 5, backend=backend)
+    x = torch.randn(4, 2, 3)
+    with torch.set_grad_enabled(grad):
+        out, (h_n, c_n) = m(x)
+    ptrs = {t.untyped_storage().data_ptr() for t in (out, h_n, c_n)}
+    assert len(ptrs) == 3
+    torch.testing.assert_close(h_n[0], out[-1], rtol=0, atol=0)
+    want_out = out.detach().clone()
+    h_n.detach().add_(1.0)
+    c_n.detach().add_(1.0)
+    torch.testing.assert_close(out.detach(), want_out, rtol=0, atol=0)
+    if grad:
+        out.sum().backward()
+        ref = lstmkit.LSTM(3, 5, backend="reference")
+        ref.load_state_dict(m.state_dict())
+        ref(x)[0].sum().backward()
+        torch.testing.assert_close(m.weight_hh_l0.grad, ref.weight_hh_l0.grad)

@@ -15,7 +15,8 @@ A backend runs ONE layer in ONE direction over a time-major, right-padded batch:
     extras     None (the plain LSTM) or a :class:`lstmkit.variants.CellExtras`: the variants'
                parameters and this forward's masks (drawn by the layer, never by a backend)
     out        (T, B, P or H), exactly zero where t >= lengths[b]
-    h_n, c_n   (B, P or H), (B, H): the state after each sequence's last valid step
+    h_n, c_n   (B, P or H), (B, H): the state after each sequence's last valid step, each
+               its own tensor (not a view of out: the layer may return them uncopied)
     cs         (T, B, H): the cell state c_t after every step, exactly zero where
                t >= lengths[b], differentiable like out (only with ``cells=True``, which
                the layer passes only if the request has ``cell_states``)
