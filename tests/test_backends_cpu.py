@@ -276,6 +276,85 @@ def test_native_bfloat16_matches_the_reference_on_the_same_values(variants):
     assert max(errs.values()) < max(_bf16_errors(in_bf16, ref, x, lengths).values())
 
 
+def _bf16_tiles():
+    if not native.load().has_bf16_tiles():
+        pytest.skip("the bfloat16 tiles need AVX-512 BF16 (elsewhere bfloat16 runs in float32)")
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 2, 64), (7, 34, 130), (100, 256, 1024), (450, 1024, 200)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_bfloat16_products_on_the_tiles(M, K, N, threads):
+    """The input projection of bfloat16 inference: pairs of bfloat16 along K, products
+    accumulated in float32 (a product of two bfloat16 values is exact in float32, so the error
+    is float32 summation's), with and without a float32 bias."""
+    _bf16_tiles()
+    g = torch.Generator().manual_seed(M + K + N)
+    a = torch.randn(M, K, generator=g).bfloat16()
+    w, bias = torch.randn(N, K, generator=g).bfloat16(), torch.randn(N, generator=g)
+    ext, old = native.load(), torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        ext.set_tuning(16, 1 << 62 if threads == 1 else 0, True, 1)
+        packed = ext.pack_rhs(w.t(), None)
+        got, got_b = ext.mm_packed(a, packed, N, None), ext.mm_packed(a, packed, N, bias)
+    finally:
+        ext.set_tuning(16, 1 << 16, True, 1)
+        torch.set_num_threads(old)
+    assert got.dtype == torch.float32
+    want = a.double() @ w.double().t()
+    tol = {"atol": 1e-5 * K**0.5, "rtol": 1e-5}
+    torch.testing.assert_close(got.double(), want, **tol)
+    torch.testing.assert_close(got_b.double(), want + bias.double(), **tol)
+
+
+@pytest.mark.parametrize("B,H", [(1, 34), (2, 16), (5, 64), (13, 130), (16, 1024)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_bfloat16_inference_on_its_tiles(B, H, threads, monkeypatch):
+    """bfloat16 inference takes the bfloat16 tiles (every batch from one row, short inputs
+    too): two layers, both directions, lengths, against the float64 reference on the same
+    bfloat16 values within 1e-2 norm-wise, and at least as accurate as the reference
+    backend's own bfloat16 arithmetic."""
+    _bf16_tiles()
+    used = []
+    forward = native._Bf16Loops.forward
+
+    def spy(self, xg, *args, **kw):
+        used.append(self._pack(args[2], xg, False) is not None)
+        return forward(self, xg, *args, **kw)
+
+    monkeypatch.setattr(native._Bf16Loops, "forward", spy)
+    torch.manual_seed(B + H)
+    kw = dict(num_layers=2, bidirectional=True)
+    ours = lstmkit.LSTM(H, H, backend="native", **kw).to(torch.bfloat16)
+    in_bf16 = lstmkit.LSTM(H, H, backend="reference", **kw).to(torch.bfloat16)
+    ref = lstmkit.LSTM(H, H, backend="reference", **kw).double()
+    in_bf16.load_state_dict(ours.state_dict())
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(6, B, H).bfloat16()
+    lengths = torch.randint(1, 7, (B,), generator=torch.Generator().manual_seed(B))
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            got = ours(x, lengths=lengths)
+            theirs = in_bf16(x, lengths=lengths)
+    finally:
+        torch.set_num_threads(old)
+    with torch.no_grad():
+        want = ref(x.double(), lengths=lengths)
+    assert used and all(used)  # every layer and direction on the bfloat16 tiles
+
+    def rel(a, b):
+        return ((a.double() - b).norm() / b.norm()).item()
+
+    for k, (g, t, w) in enumerate(
+        zip([got[0], *got[1]], [theirs[0], *theirs[1]], [want[0], *want[1]], strict=True)
+    ):
+        assert g.dtype == torch.bfloat16
+        assert rel(g, w) < 1e-2, (k, rel(g, w))
+        assert rel(g, w) <= rel(t, w), (k, rel(g, w), rel(t, w))  # measured: at most 0.43x
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("backend", FAST)  # reference: tests/test_layer.py
 @pytest.mark.parametrize("case", GRID, ids=case_id)
@@ -385,7 +464,8 @@ def _request(**kw) -> Request:
     "kw",
     [{}, {"dtype": torch.float64}, {"dtype": torch.bfloat16}, {"dtype": torch.float16},
      {"P": 8, "has_lengths": True}, {"B": 256, "H": 1024, "needs_grad": False},
-     {"dtype": torch.bfloat16, "B": 256, "H": 256}],
+     {"dtype": torch.bfloat16, "B": 256, "H": 256},
+     {"dtype": torch.bfloat16, "B": 256, "H": 256, "needs_grad": False}],
 )  # fmt: skip
 def test_auto_picks_a_supporting_backend_and_says_why(kw):
     req = _request(**kw)
@@ -393,7 +473,8 @@ def test_auto_picks_a_supporting_backend_and_says_why(kw):
     assert backends.unsupported(name, req) is None
     assert reason.startswith(name) and f"T={req.T} B={req.B} H={req.H}" in reason
     expect = "fused" if req.dtype == torch.float16 else "native"  # bfloat16: in float32
-    if req.dtype == torch.bfloat16 and req.B * req.H**2 >= 1 << 22:
+    tiles = not req.needs_grad and native.has_bf16_tiles()  # bfloat16 inference: bf16 tiles
+    if req.dtype == torch.bfloat16 and req.B * req.H**2 >= 1 << 22 and not tiles:
         expect = "fused"  # bfloat16 GEMMs beat native's float32 there
     assert name == expect
 

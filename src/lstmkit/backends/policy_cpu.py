@@ -16,12 +16,16 @@ hidden-1024 weights keep the handwritten matrix-vector loops (BLAS's sgemv read 
 at about half oneDNN's bandwidth on AMD); and inference projects the inputs in chunks of
 steps so the gate buffer stays in cache (it cost 2-3x at small H, large B*T).
 
-bfloat16: native computes in float32 (it has no bfloat16 tiles yet), fused in bfloat16
-products (oneDNN's AVX-512 BF16 GEMMs, half the work per product). Measured at T=100
-(``bench/bench_cpu.py --cells ... --dtype bfloat16``): native is faster up to B*H^2 = 2^20
-(hidden 256 at batch 16: 5.2 / 14 ms against fused's 8.1 / 21 ms, inference / training),
-fused from 2^24 (hidden 256 at batch 256: 55 / 167 ms against 93 / 286; hidden 1024 at batch
-16: 64 / 149 against 99 / 212); the boundary sits between, at BF16_FUSED_WORK.
+bfloat16 inference: native runs it on its bfloat16 tiles where the CPU has AVX-512 BF16
+(products of bfloat16 pairs accumulated in float32, twice an FMA's work per instruction), at
+every size: 0.80-1.11x nn.LSTM's bfloat16 time where fused took 1.1-7.4x (T=100, hidden
+64-1024, batch 1-256; ``bench/bench_cpu.py --cells ... --dtype bfloat16``). bfloat16
+training (and inference on CPUs without AVX-512 BF16): native computes in float32, fused in
+bfloat16 products (oneDNN's AVX-512 BF16 GEMMs, half the work per product). Measured at
+T=100: native is faster up to B*H^2 = 2^20 (hidden 256 at batch 16: 5.2 / 14 ms against
+fused's 8.1 / 21 ms, inference / training), fused from 2^24 (hidden 256 at batch 256: 55 / 167
+ms against 93 / 286; hidden 1024 at batch 16: 64 / 149 against 99 / 212); the boundary sits
+between, at BF16_FUSED_WORK.
 """
 
 from __future__ import annotations
@@ -71,7 +75,8 @@ def _decide(req) -> tuple[str, str]:
     work = "training" if req.needs_grad else "inference"
     # (traced code keeps native: comparing a symbolic batch would specialise the graph to it)
     big = not torch.compiler.is_compiling() and req.B * req.H**2 >= BF16_FUSED_WORK
-    if req.dtype == torch.bfloat16 and big and fused.unsupported(req) is None:
+    tiles = not req.needs_grad and native.has_bf16_tiles()  # bfloat16 inference, natively
+    if req.dtype == torch.bfloat16 and big and not tiles and fused.unsupported(req) is None:
         return "fused", (
             f"fused: {_size(req)}, {work}; bfloat16 products (AVX-512 BF16 GEMMs) measured "
             "faster than native's float32 from B*H^2 = 2^22"

