@@ -27,6 +27,7 @@ the limit reached (:func:`roofline`). Prints a markdown table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -169,7 +170,7 @@ def bench_cell(
     big = T * B * H * H > ALIAS_WORK
     aliased = {}
     if big and "auto" in models:
-        pick = models["auto"].backend_choice(x)[0]
+        pick = _choice(models["auto"], x, mode)[0]
         if pick in models:
             aliased[pick] = "auto"
     timed = {n: models[n] for n in names if n not in aliased}
@@ -184,12 +185,19 @@ def bench_cell(
     if aliased:
         cell["aliased"] = aliased
     if "auto" in models:
-        cell["auto"] = list(models["auto"].backend_choice(x))
+        cell["auto"] = list(_choice(models["auto"], x, mode))
     if "nn.LSTM" in times:
         cell["ratio"] = paired_ratios(times)
         for n, same in aliased.items():
             cell["ratio"][n] = cell["ratio"][same]
     return cell
+
+
+def _choice(model, x, mode: str) -> tuple[str, str]:
+    """What ``auto`` runs for this cell: asked as the cell runs (inference under
+    inference_mode, where bfloat16 goes to another backend than training)."""
+    with torch.inference_mode() if mode == "infer" else contextlib.nullcontext():
+        return model.backend_choice(x)
 
 
 def paired_ratios(times: dict[str, list[float]]) -> dict[str, float]:

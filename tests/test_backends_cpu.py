@@ -464,8 +464,8 @@ def _request(**kw) -> Request:
     "kw",
     [{}, {"dtype": torch.float64}, {"dtype": torch.bfloat16}, {"dtype": torch.float16},
      {"P": 8, "has_lengths": True}, {"B": 256, "H": 1024, "needs_grad": False},
-     {"dtype": torch.bfloat16, "B": 256, "H": 256},
-     {"dtype": torch.bfloat16, "B": 256, "H": 256, "needs_grad": False}],
+     {"dtype": torch.bfloat16, "B": 256, "H": 256}, {"dtype": torch.bfloat16, "B": 16, "H": 1024},
+     {"dtype": torch.bfloat16, "B": 16, "H": 1024, "needs_grad": False}],
 )  # fmt: skip
 def test_auto_picks_a_supporting_backend_and_says_why(kw):
     req = _request(**kw)
@@ -474,7 +474,7 @@ def test_auto_picks_a_supporting_backend_and_says_why(kw):
     assert reason.startswith(name) and f"T={req.T} B={req.B} H={req.H}" in reason
     expect = "fused" if req.dtype == torch.float16 else "native"  # bfloat16: in float32
     tiles = not req.needs_grad and native.has_bf16_tiles()  # bfloat16 inference: bf16 tiles
-    if req.dtype == torch.bfloat16 and req.B * req.H**2 >= 1 << 22 and not tiles:
+    if req.dtype == torch.bfloat16 and req.B * req.H**2 >= 1 << 22 and req.H >= 512 and not tiles:
         expect = "fused"  # bfloat16 GEMMs beat native's float32 there
     assert name == expect
 

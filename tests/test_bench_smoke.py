@@ -110,3 +110,19 @@ def test_ratios_pair_the_contestants_round_by_round(bench):
     assert bench.paired_ratios(times) == {"auto": 0.5}
     times = {"nn.LSTM": [1.0, 2.0, 3.0], "native": [3.0, 2.0, 1.0]}
     assert bench.paired_ratios(times) == {"native": 1.0}  # ratios 3, 1, 1/3
+
+
+def test_auto_is_asked_as_the_cell_runs(bench):
+    """A big cell times auto once and gives its time to the backend auto picks, so the pick
+    must be asked in the cell's own mode: bfloat16 inference and training go to different
+    backends (inference to native's bfloat16 tiles where the CPU has them)."""
+    import torch
+
+    import lstmkit
+    from lstmkit.backends import native
+
+    m = lstmkit.LSTM(1024, 1024).to(torch.bfloat16)
+    x = torch.randn(2, 16, 1024).bfloat16()
+    infer, train = bench._choice(m, x, "infer")[0], bench._choice(m, x, "train")[0]
+    assert train == "fused"  # B*H^2 = 2^24 at hidden 1024: oneDNN's bfloat16 GEMMs to train
+    assert infer == ("native" if native.has_bf16_tiles() else "fused")

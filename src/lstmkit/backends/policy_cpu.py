@@ -21,11 +21,12 @@ bfloat16 inference: native runs it on its bfloat16 tiles where the CPU has AVX-5
 every size: 0.80-1.11x nn.LSTM's bfloat16 time where fused took 1.1-7.4x (T=100, hidden
 64-1024, batch 1-256; ``bench/bench_cpu.py --cells ... --dtype bfloat16``). bfloat16
 training (and inference on CPUs without AVX-512 BF16): native computes in float32, fused in
-bfloat16 products (oneDNN's AVX-512 BF16 GEMMs, half the work per product). Measured at
-T=100: native is faster up to B*H^2 = 2^20 (hidden 256 at batch 16: 5.2 / 14 ms against
-fused's 8.1 / 21 ms, inference / training), fused from 2^24 (hidden 256 at batch 256: 55 / 167
-ms against 93 / 286; hidden 1024 at batch 16: 64 / 149 against 99 / 212); the boundary sits
-between, at BF16_FUSED_WORK.
+bfloat16 products (oneDNN's AVX-512 BF16 GEMMs, half the work per product). Measured for
+training at T=100 (T=4 and 20 for the biggest): fused is faster from B*H^2 = 2^22 at hidden
+512 and 1024 (hidden 1024, batch 16: 166 against 182 ms; batch 256, T=4: 67 against 118;
+hidden 512, batch 64: 138 against 166), native below and at hidden 256 whatever the batch
+(batch 256: 180 against 202 ms; batch 64: 46 against 50): BF16_FUSED_WORK and
+BF16_FUSED_HIDDEN.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def _size(req) -> str:
     return f"cpu {dtype}, T={shown(req.T)} B={shown(req.B)} H={req.H}{proj}{var}"
 
 
-BF16_FUSED_WORK = 1 << 22  # B * H^2 from which bfloat16 goes to fused (see above)
+BF16_FUSED_WORK = 1 << 22  # B * H^2 from which bfloat16 training goes to fused (see above)
+BF16_FUSED_HIDDEN = 512  # ... at this hidden size and above
 
 # Answers already given, by (request, native's build failure): the policy is a function of
 # those two, and a small forward should not pay for deciding again (~10 us, as much as the
@@ -75,11 +77,12 @@ def _decide(req) -> tuple[str, str]:
     work = "training" if req.needs_grad else "inference"
     # (traced code keeps native: comparing a symbolic batch would specialise the graph to it)
     big = not torch.compiler.is_compiling() and req.B * req.H**2 >= BF16_FUSED_WORK
+    big = big and req.H >= BF16_FUSED_HIDDEN
     tiles = not req.needs_grad and native.has_bf16_tiles()  # bfloat16 inference, natively
     if req.dtype == torch.bfloat16 and big and not tiles and fused.unsupported(req) is None:
         return "fused", (
             f"fused: {_size(req)}, {work}; bfloat16 products (AVX-512 BF16 GEMMs) measured "
-            "faster than native's float32 from B*H^2 = 2^22"
+            "faster than native's float32 from B*H^2 = 2^22 at hidden 512 and above"
         )
     if native.unsupported(req) is None:
         if native.failed() is None:  # built, or not tried yet (never built by a query)
