@@ -299,15 +299,13 @@ class NativeLoops:
         products along the weight's rows instead (``mm_rows``)."""
         M, K = a.shape
         N = b.shape[1]
-        if not (self._tiles and a.dtype == torch.float32):
+        # a tiny product is all call overhead whoever runs it: BLAS, with the fewest checks
+        if not (self._tiles and a.dtype == torch.float32 and M * N * K >= 1 << 18):
             return _bptt.mm(a, b, bias)
-        if (
-            not self.ext.pack_pays(M, M, N * K, True)
-            and a.is_contiguous()
-            and b.t().is_contiguous()
-        ):
+        rows_of_w = b.stride(0) == 1 and b.stride(1) == K and a.is_contiguous()  # W (N, K) as is
+        if rows_of_w and not self.ext.pack_pays(M, M, N * K, True):
             return self.ext.mm_rows(a, b.t(), bias)
-        if not (M >= 16 and N >= 48 and M * N * K >= 1 << 18):
+        if not (M >= 16 and N >= 48):
             return _bptt.mm(a, b, bias)
         if reuse:
             key = ("rhs", b.data_ptr(), _version(b), tuple(b.shape), tuple(b.stride()))
