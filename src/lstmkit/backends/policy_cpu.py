@@ -18,8 +18,8 @@ steps so the gate buffer stays in cache (it cost 2-3x at small H, large B*T).
 
 bfloat16 inference: native runs it on its bfloat16 tiles where the CPU has AVX-512 BF16
 (products of bfloat16 pairs accumulated in float32, twice an FMA's work per instruction), at
-every size: 0.80-1.11x nn.LSTM's bfloat16 time where fused took 1.1-7.4x (T=100, hidden
-64-1024, batch 1-256; ``bench/bench_cpu.py --cells ... --dtype bfloat16``). bfloat16
+every size: 0.61-1.13x nn.LSTM's bfloat16 time where fused took 1.2-9.1x (T=100 and T=4,
+hidden 16-1024, batch 1-256; ``bench/bench_cpu.py --cells ... --dtype bfloat16``). bfloat16
 training (and inference on CPUs without AVX-512 BF16): native computes in float32, fused in
 bfloat16 products (oneDNN's AVX-512 BF16 GEMMs, half the work per product). Measured for
 training at T=100 (T=4 and 20 for the biggest): fused is faster from B*H^2 = 2^22 at hidden

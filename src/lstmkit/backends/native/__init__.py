@@ -307,12 +307,14 @@ class NativeLoops:
             return self.ext.mm_rows(a, b.t(), bias)
         if not (M >= 16 and N >= 48):
             return _bptt.mm(a, b, bias)
+        return self.ext.mm_packed(a, self._packed_rhs(b, reuse), N, bias)
+
+    def _packed_rhs(self, b, reuse: bool):
+        """b packed for mm_packed: with ``reuse`` once per layer call, else in the scratch slot."""
         if reuse:
             key = ("rhs", b.data_ptr(), _version(b), tuple(b.shape), tuple(b.stride()))
-            packed = self._packed_once(key, "weight", lambda buf: self.ext.pack_rhs(b, buf))
-        else:
-            packed = _SLOTS.fill("rhs", self, lambda buf: self.ext.pack_rhs(b, buf))
-        return self.ext.mm_packed(a, packed, N, bias)
+            return self._packed_once(key, "weight", lambda buf: self.ext.pack_rhs(b, buf))
+        return _SLOTS.fill("rhs", self, lambda buf: self.ext.pack_rhs(b, buf))
 
     def empty(self, shape, like):
         """A buffer from the extension's pool of big blocks (see ``release_pool``)."""
@@ -366,7 +368,8 @@ class _Bf16Loops(NativeLoops):
     """Inference in bfloat16 on the bfloat16 tiles: W_ih and W_hh packed as pairs of bfloat16,
     products accumulated in float32 (AVX-512 BF16's vdpbf16ps, twice an FMA's multiply-adds);
     the gates, the cell state and h in float32, h read by the next step's product as bfloat16.
-    Short inputs and batches the tiles do not take run on the float32 loops."""
+    W_hh is packed whatever the input's length (the alternative widens it first); only where
+    the tiles are off does the step run the float32 loops on a widened W_hh."""
 
     def mm(self, a, b, bias=None, reuse=False):
         M, K = a.shape
@@ -374,12 +377,7 @@ class _Bf16Loops(NativeLoops):
         pairs = a.dtype == b.dtype == torch.bfloat16 and K % 2 == 0 and b.stride(0) == 1
         if not (pairs and N >= 48 and b.stride(1) % 2 == 0):
             return _bptt.mm(a.float(), b.float(), bias)
-        key = ("rhs", b.data_ptr(), _version(b), tuple(b.shape), tuple(b.stride()))
-        if reuse:
-            packed = self._packed_once(key, "weight", lambda buf: self.ext.pack_rhs(b, buf))
-        else:
-            packed = _SLOTS.fill("rhs", self, lambda buf: self.ext.pack_rhs(b, buf))
-        return self.ext.mm_packed(a, packed, N, bias)
+        return self.ext.mm_packed(a, self._packed_rhs(b, reuse), N, bias)
 
     def _pays(self, w_hh, xg) -> bool:
         return True  # the alternative widens W_hh to float32 first: pack it whatever the size
